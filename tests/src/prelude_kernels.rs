@@ -1,0 +1,52 @@
+//! Test kernels for the device prelude (`tests/cuda/prelude_test.cuh`) and their specs.
+
+use kiln_runtime::{DtypeId, KernelSource, KernelSpec, PRELUDE, TemplateArg, template_expr};
+
+/// The prelude test source.
+pub static SOURCE: KernelSource = KernelSource { name: "prelude_test.cuh", text: include_str!("../cuda/prelude_test.cuh"), headers: &[PRELUDE] };
+
+/// `test_vec_copy<T, N, pdl>`.
+pub fn vec_copy(dt: DtypeId, n: u32, pdl: bool) -> KernelSpec {
+    let e = template_expr("test_vec_copy", &[dt.into(), n.into(), pdl.into()]);
+    KernelSpec::new(format!("test_vec_copy__{}__v{n}{}", dt.tag(), if pdl { "__pdl" } else { "" }), &SOURCE, e).pdl(pdl)
+}
+/// `test_convert<T>`.
+pub fn convert(dt: DtypeId) -> KernelSpec {
+    KernelSpec::new(format!("test_convert__{}", dt.tag()), &SOURCE, template_expr("test_convert", &[dt.into()]))
+}
+/// `test_reduce<kWarps>`.
+pub fn reduce(warps: u32) -> KernelSpec {
+    KernelSpec::new(format!("test_reduce__w{warps}"), &SOURCE, template_expr("test_reduce", &[warps.into()]))
+}
+/// `test_math`.
+pub fn math() -> KernelSpec {
+    KernelSpec::new("test_math", &SOURCE, "test_math<float>")
+}
+/// `test_pdl_producer` (triggers its dependents early; it waits on nothing, so it is no PDL kernel).
+pub fn pdl_producer() -> KernelSpec {
+    KernelSpec::new("test_pdl_producer", &SOURCE, "test_pdl_producer<float>")
+}
+/// `test_pdl_consumer<pdl>`.
+pub fn pdl_consumer(pdl: bool) -> KernelSpec {
+    KernelSpec::new(format!("test_pdl_consumer{}", if pdl { "__pdl" } else { "" }), &SOURCE, template_expr("test_pdl_consumer", &[TemplateArg::Bool(pdl)])).pdl(pdl)
+}
+
+/// Every prelude test kernel.
+pub fn all() -> Vec<KernelSpec> {
+    let mut v = Vec::new();
+    for dt in [DtypeId::F16, DtypeId::Bf16, DtypeId::F32] {
+        for pdl in [false, true] {
+            v.push(vec_copy(dt, (16 / dt.size()) as u32, pdl));
+        }
+        v.push(convert(dt));
+    }
+    v.push(vec_copy(DtypeId::Bf16, 2, false));
+    for w in [1, 4, 32] {
+        v.push(reduce(w));
+    }
+    v.push(math());
+    v.push(pdl_producer());
+    v.push(pdl_consumer(false));
+    v.push(pdl_consumer(true));
+    v
+}

@@ -1,0 +1,4 @@
+//! T1 cache behaviour across processes (filled in below).
+fn main() {
+    kiln_tests::main(Vec::new())
+}
