@@ -109,7 +109,10 @@ impl Knobs {
         };
         let cache_max_bytes = match var("KILN_CACHE_MAX_BYTES") {
             None => None,
-            Some(v) => Some(parse_size(&v).ok_or_else(|| Error::Config(format!("KILN_CACHE_MAX_BYTES={v:?}: expected bytes, e.g. 2000000000 or 2G")))?),
+            Some(v) => Some(
+                parse_size(&v)
+                    .ok_or_else(|| Error::Config(format!("KILN_CACHE_MAX_BYTES={v:?}: expected bytes, e.g. 2000000000 or 2G")))?,
+            ),
         };
         let nvcc_timeout = match var("KILN_NVCC_TIMEOUT") {
             None => Duration::from_secs(300),

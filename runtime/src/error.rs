@@ -29,7 +29,9 @@ pub enum Error {
         log: String,
     },
     /// `KILN_DISABLE_JIT` is set and the kernel is not in the cache.
-    #[error("{kernel} for {arch} is not in the kernel cache ({cache}) and KILN_DISABLE_JIT forbids compiling it; run `cargo xtask prewarm` (or kiln_runtime::prewarm) first")]
+    #[error(
+        "{kernel} for {arch} is not in the kernel cache ({cache}) and KILN_DISABLE_JIT forbids compiling it; run `cargo xtask prewarm` (or kiln_runtime::prewarm) first"
+    )]
     JitDisabled {
         /// Kernel label.
         kernel: String,

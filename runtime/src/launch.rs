@@ -61,9 +61,7 @@ pub struct Kernel {
 fn func_attr(f: &CudaFunction, a: sys::CUfunction_attribute) -> Result<i32> {
     let mut v = 0i32;
     // SAFETY: `f` is a live function handle (its module is kept alive by `f`), `v` a valid out-pointer.
-    unsafe { sys::cuFuncGetAttribute(&mut v, a, f.cu_function()) }
-        .result()
-        .map_err(|e| Error::driver("cuFuncGetAttribute", e))?;
+    unsafe { sys::cuFuncGetAttribute(&mut v, a, f.cu_function()) }.result().map_err(|e| Error::driver("cuFuncGetAttribute", e))?;
     Ok(v)
 }
 
@@ -175,7 +173,13 @@ impl LaunchConfig {
         let (bx, by, bz) = self.block;
         let threads = bx as u64 * by as u64 * bz as u64;
         crate::ensure!(gx >= 1 && gy >= 1 && gz >= 1, "launch", "{}: empty grid {:?}", k.name, self.grid);
-        crate::ensure!(gy <= 65535 && gz <= 65535 && gx <= i32::MAX as u32, "launch", "{}: grid {:?} exceeds the device limits", k.name, self.grid);
+        crate::ensure!(
+            gy <= 65535 && gz <= 65535 && gx <= i32::MAX as u32,
+            "launch",
+            "{}: grid {:?} exceeds the device limits",
+            k.name,
+            self.grid
+        );
         crate::ensure!(
             threads >= 1 && threads <= k.max_threads as u64,
             "launch",

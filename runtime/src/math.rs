@@ -87,10 +87,7 @@ mod tests {
 
     #[test]
     fn fast_math_is_spelled_out() {
-        assert_eq!(
-            FastMath::FAST.flags(),
-            ["--ftz=true", "--prec-div=false", "--prec-sqrt=false", "--fmad=true", "--use_fast_math"]
-        );
+        assert_eq!(FastMath::FAST.flags(), ["--ftz=true", "--prec-div=false", "--prec-sqrt=false", "--fmad=true", "--use_fast_math"]);
         assert_eq!(FastMath::PRECISE.flags(), ["--ftz=false", "--prec-div=true", "--prec-sqrt=true", "--fmad=true"]);
     }
 

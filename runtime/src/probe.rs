@@ -64,10 +64,8 @@ fn python_wheel_roots() -> Vec<(String, PathBuf)> {
         sites.extend(glob_site_packages(&venv));
     }
     if let Some(out) = run_with_timeout(
-        Command::new(std::env::var_os("KILN_PYTHON").unwrap_or_else(|| "python3".into())).args([
-            "-c",
-            "import site,sys\nfor p in site.getsitepackages()+[site.getusersitepackages()]: print(p)",
-        ]),
+        Command::new(std::env::var_os("KILN_PYTHON").unwrap_or_else(|| "python3".into()))
+            .args(["-c", "import site,sys\nfor p in site.getsitepackages()+[site.getusersitepackages()]: print(p)"]),
         Duration::from_secs(5),
     ) {
         sites.extend(out.lines().map(|l| PathBuf::from(l.trim())).filter(|p| !p.as_os_str().is_empty()));
@@ -292,10 +290,7 @@ impl std::fmt::Display for Availability {
 pub fn probe() -> Availability {
     let tk = toolkit();
     let nvrtc = crate::compile::nvrtc::info().map_err(|e| e.to_string());
-    let headers = tk
-        .include
-        .clone()
-        .ok_or_else(|| format!("cuda_bf16.h/cuda_fp8.h not found (searched {})", tk.searched_line()));
+    let headers = tk.include.clone().ok_or_else(|| format!("cuda_bf16.h/cuda_fp8.h not found (searched {})", tk.searched_line()));
     let (driver, devices) = match crate::launch::driver_devices() {
         Ok(d) => (Ok(()), d),
         Err(e) => (Err(e), Vec::new()),

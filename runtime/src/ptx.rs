@@ -86,7 +86,8 @@ pub fn entries(ptx: &str) -> Vec<String> {
     ptx.lines()
         .filter_map(|l| {
             let t = l.trim();
-            let rest = t.strip_prefix(".visible .entry ").or_else(|| t.strip_prefix(".weak .entry ")).or_else(|| t.strip_prefix(".entry "))?;
+            let rest =
+                t.strip_prefix(".visible .entry ").or_else(|| t.strip_prefix(".weak .entry ")).or_else(|| t.strip_prefix(".entry "))?;
             Some(rest.split(['(', ' ']).next()?.to_string())
         })
         .collect()
@@ -126,7 +127,8 @@ fn param_size(decl: &str) -> (u32, u32) {
             i += 2;
             continue;
         }
-        if let Some(bits) = t.strip_prefix(".b").or_else(|| t.strip_prefix(".u")).or_else(|| t.strip_prefix(".s")).or_else(|| t.strip_prefix(".f"))
+        if let Some(bits) =
+            t.strip_prefix(".b").or_else(|| t.strip_prefix(".u")).or_else(|| t.strip_prefix(".s")).or_else(|| t.strip_prefix(".f"))
             && let Ok(b) = bits.parse::<u32>()
         {
             elem = b / 8;
@@ -155,7 +157,10 @@ mod tests {
 
     #[test]
     fn internal_hashes_are_stable() {
-        assert_eq!(normalize_internal("ld.global.u32 %r1, [_INTERNAL_ab12cd_34_kernel_cu_deadbeef];"), "ld.global.u32 %r1, [_INTERNAL_kernel_cu];");
+        assert_eq!(
+            normalize_internal("ld.global.u32 %r1, [_INTERNAL_ab12cd_34_kernel_cu_deadbeef];"),
+            "ld.global.u32 %r1, [_INTERNAL_kernel_cu];"
+        );
     }
 
     #[test]

@@ -50,9 +50,10 @@ impl Rng {
 
 /// A seed that differs per run unless `KILN_TEST_SEED` fixes it (printed on failure by callers).
 pub fn seed() -> u64 {
-    std::env::var("KILN_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(42)
-    })
+    std::env::var("KILN_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(42))
 }
 
 /// Element types the tests drive, with exact conversions to/from f64 (RNE narrowing).
@@ -178,7 +179,10 @@ pub fn check_rel(what: &str, got: &[f32], want: &[f64], rel: f64, abs: f64) -> a
     anyhow::ensure!(got.len() == want.len(), "{what}: length {} vs {}", got.len(), want.len());
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
         let g = g as f64;
-        anyhow::ensure!(g.is_finite() == w.is_finite() && ((g - w).abs() <= rel * w.abs() + abs || g == w), "{what}: element {i}: got {g} want {w}");
+        anyhow::ensure!(
+            g.is_finite() == w.is_finite() && ((g - w).abs() <= rel * w.abs() + abs || g == w),
+            "{what}: element {i}: got {g} want {w}"
+        );
     }
     Ok(())
 }

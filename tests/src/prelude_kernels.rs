@@ -3,7 +3,8 @@
 use kiln_runtime::{DtypeId, KernelSource, KernelSpec, PRELUDE, TemplateArg, template_expr};
 
 /// The prelude test source.
-pub static SOURCE: KernelSource = KernelSource { name: "prelude_test.cuh", text: include_str!("../cuda/prelude_test.cuh"), headers: &[PRELUDE] };
+pub static SOURCE: KernelSource =
+    KernelSource { name: "prelude_test.cuh", text: include_str!("../cuda/prelude_test.cuh"), headers: &[PRELUDE] };
 
 /// `test_vec_copy<T, N, pdl>`.
 pub fn vec_copy(dt: DtypeId, n: u32, pdl: bool) -> KernelSpec {
@@ -28,7 +29,12 @@ pub fn pdl_producer() -> KernelSpec {
 }
 /// `test_pdl_consumer<pdl>`.
 pub fn pdl_consumer(pdl: bool) -> KernelSpec {
-    KernelSpec::new(format!("test_pdl_consumer{}", if pdl { "__pdl" } else { "" }), &SOURCE, template_expr("test_pdl_consumer", &[TemplateArg::Bool(pdl)])).pdl(pdl)
+    KernelSpec::new(
+        format!("test_pdl_consumer{}", if pdl { "__pdl" } else { "" }),
+        &SOURCE,
+        template_expr("test_pdl_consumer", &[TemplateArg::Bool(pdl)]),
+    )
+    .pdl(pdl)
 }
 
 /// Every prelude test kernel.

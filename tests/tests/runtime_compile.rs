@@ -51,7 +51,11 @@ fn main() {
     }));
     trials.push(trial("t1::fast_math_flags_are_explicit", Need::Nvrtc, || {
         let fast = compile(&prelude_kernels::math(), Arch::SM90)?;
-        anyhow::ensure!(fast.math == FastMath::FAST && fast.options.iter().any(|o| o == "--use_fast_math") && fast.options.iter().any(|o| o == "--ftz=true"));
+        anyhow::ensure!(
+            fast.math == FastMath::FAST
+                && fast.options.iter().any(|o| o == "--use_fast_math")
+                && fast.options.iter().any(|o| o == "--ftz=true")
+        );
         let precise = compile(&prelude_kernels::math().math(MathPolicy::Fixed(FastMath::PRECISE)), Arch::SM90)?;
         anyhow::ensure!(precise.options.iter().any(|o| o == "--prec-div=true") && !precise.options.iter().any(|o| o == "--use_fast_math"));
         let blackwell = compile(&prelude_kernels::math(), Arch::SM100)?;

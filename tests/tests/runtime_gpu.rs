@@ -79,7 +79,21 @@ fn convert<T: TestFloat>(dt: DtypeId) -> anyhow::Result<()> {
     let mut rng = Rng::new(seed());
     let mut xs: Vec<f32> = rng.normals(4096, 50.0).into_iter().map(|v| v as f32).collect();
     // Ties and edge values of every format.
-    xs.extend([1.0 + 2f32.powi(-8), 1.0 + 3.0 * 2f32.powi(-8), 1.0625, 1.1875, 448.0, 460.0, 1e30, -1e30, 65504.0, 65520.0, 2f32.powi(-10), 5e-40, -0.0]);
+    xs.extend([
+        1.0 + 2f32.powi(-8),
+        1.0 + 3.0 * 2f32.powi(-8),
+        1.0625,
+        1.1875,
+        448.0,
+        460.0,
+        1e30,
+        -1e30,
+        65504.0,
+        65520.0,
+        2f32.powi(-10),
+        5e-40,
+        -0.0,
+    ]);
     let n = xs.len();
     let ts: Vec<T> = rng.normals(n, 100.0).into_iter().map(T::from_f64).collect();
     let (in_f32, in_t) = (upload(&rt, &xs)?, upload(&rt, &ts)?);
@@ -127,7 +141,13 @@ fn reduce(warps: u32) -> anyhow::Result<()> {
     let wsums: CudaSlice<f32> = filled(&rt, blocks * threads / 32, f32::NAN)?;
     let disagree: CudaSlice<i32> = zeros(&rt, 1)?;
     let k = rt.kernel(&pk::reduce(warps))?;
-    let p = ReduceParams { input: ptr(&rt, &input), sums: ptr(&rt, &sums), maxes: ptr(&rt, &maxes), warp_sums: ptr(&rt, &wsums), disagree: ptr(&rt, &disagree) };
+    let p = ReduceParams {
+        input: ptr(&rt, &input),
+        sums: ptr(&rt, &sums),
+        maxes: ptr(&rt, &maxes),
+        warp_sums: ptr(&rt, &wsums),
+        disagree: ptr(&rt, &disagree),
+    };
     // SAFETY: ReduceParams mirrors the kernel's; buffers sized for `blocks` blocks of `threads`.
     unsafe { rt.launch(&k, LaunchConfig::linear(blocks as u32, threads as u32)).run(&p)? };
     let (s, m, w, d) = (download(&rt, &sums)?, download(&rt, &maxes)?, download(&rt, &wsums)?, download(&rt, &disagree)?);
@@ -196,7 +216,12 @@ fn launch_validation() -> anyhow::Result<()> {
     let rt = rt()?;
     let k = rt.kernel(&pk::math())?;
     let p = MathParams { input: 0, rsqrt_out: 0, div_out: 0, n: 0 };
-    for cfg in [LaunchConfig::linear(0, 128), LaunchConfig::linear(1, 0), LaunchConfig::linear(1, 4096), LaunchConfig { grid: (1, 70000, 1), block: (32, 1, 1), smem: 0 }] {
+    for cfg in [
+        LaunchConfig::linear(0, 128),
+        LaunchConfig::linear(1, 0),
+        LaunchConfig::linear(1, 4096),
+        LaunchConfig { grid: (1, 70000, 1), block: (32, 1, 1), smem: 0 },
+    ] {
         // SAFETY: every configuration is rejected before the driver is called (asserted below).
         match unsafe { rt.launch(&k, cfg).run(&p) } {
             Err(Error::InvalidArgument { op: "launch", .. }) => {}
@@ -228,7 +253,13 @@ fn child_reload() -> anyhow::Result<()> {
     let first_call = t.elapsed();
     anyhow::ensure!(got[5] == 6.0 / 3.0);
     let s = stats();
-    println!("CHILD compiled={} disk_hits={} runtime_ms={:.2} first_call_ms={:.3}", s.compiled, s.disk_hits, t_rt.as_secs_f64() * 1e3, first_call.as_secs_f64() * 1e3);
+    println!(
+        "CHILD compiled={} disk_hits={} runtime_ms={:.2} first_call_ms={:.3}",
+        s.compiled,
+        s.disk_hits,
+        t_rt.as_secs_f64() * 1e3,
+        first_call.as_secs_f64() * 1e3
+    );
     Ok(())
 }
 
@@ -236,15 +267,16 @@ fn fresh_process_reload() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let rt = Runtime::with_knobs(0, knobs_with_cache(dir.path()))?;
     rt.kernel(&pk::math())?;
-    let out = std::process::Command::new(std::env::current_exe()?)
-        .env("KILN_TEST_CHILD", "reload")
-        .env("KILN_CACHE_DIR", dir.path())
-        .output()?;
+    let out =
+        std::process::Command::new(std::env::current_exe()?).env("KILN_TEST_CHILD", "reload").env("KILN_CACHE_DIR", dir.path()).output()?;
     let text = String::from_utf8_lossy(&out.stdout);
     anyhow::ensure!(out.status.success(), "child failed: {text}\n{}", String::from_utf8_lossy(&out.stderr));
     let line = text.lines().find(|l| l.starts_with("CHILD")).unwrap_or_default();
     eprintln!("{line}");
-    anyhow::ensure!(line.contains("compiled=0") && line.contains("disk_hits=1"), "fresh process must load from disk without compiling: {line}");
+    anyhow::ensure!(
+        line.contains("compiled=0") && line.contains("disk_hits=1"),
+        "fresh process must load from disk without compiling: {line}"
+    );
     Ok(())
 }
 

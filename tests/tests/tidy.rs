@@ -62,7 +62,11 @@ fn cuh_files_are_device_only_and_documented() {
         let text = std::fs::read_to_string(&f).unwrap();
         assert!(text.starts_with("//"), "{} must start with a comment stating the op's math, layout and launch shape", f.display());
         let code: String = text.lines().map(|l| l.split("//").next().unwrap_or("")).collect::<Vec<_>>().join("\n");
-        assert!(!code.contains("cudaGridDependencySynchronize"), "{}: use kiln::pdl_wait (NVRTC has no cudaGridDependencySynchronize)", f.display());
+        assert!(
+            !code.contains("cudaGridDependencySynchronize"),
+            "{}: use kiln::pdl_wait (NVRTC has no cudaGridDependencySynchronize)",
+            f.display()
+        );
         for line in text.lines().filter(|l| l.trim_start().starts_with("#include")) {
             let inc = line.trim_start().trim_start_matches("#include").trim();
             let name = inc.trim_matches(|c| c == '<' || c == '>' || c == '"');
@@ -101,7 +105,11 @@ fn unsafe_lives_in_named_files() {
         let text = std::fs::read_to_string(&f).unwrap();
         for (i, line) in text.lines().enumerate() {
             let code = line.split("//").next().unwrap_or("");
-            assert!(!(code.contains("unsafe {") || code.contains("unsafe fn") || code.contains("unsafe impl")), "{rel}:{}: unsafe outside the FFI files", i + 1);
+            assert!(
+                !(code.contains("unsafe {") || code.contains("unsafe fn") || code.contains("unsafe impl")),
+                "{rel}:{}: unsafe outside the FFI files",
+                i + 1
+            );
         }
     }
 }

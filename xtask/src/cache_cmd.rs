@@ -23,7 +23,13 @@ pub fn main(mut args: crate::Args) -> anyhow::Result<()> {
         "stats" => {
             let es = cache.entries();
             let total: u64 = es.iter().map(|e| e.bytes).sum();
-            println!("{}: {} entries, {:.1} MiB, toolchains: {:?}", root.display(), es.len(), total as f64 / (1 << 20) as f64, cache.known_identities());
+            println!(
+                "{}: {} entries, {:.1} MiB, toolchains: {:?}",
+                root.display(),
+                es.len(),
+                total as f64 / (1 << 20) as f64,
+                cache.known_identities()
+            );
         }
         "verify" => {
             let bad = cache.verify(fix);

@@ -15,7 +15,9 @@ pub fn main(mut args: crate::Args) -> anyhow::Result<()> {
     let peers = args.flag("peers");
     args.done()?;
     if !pack {
-        bail!("usage: cargo xtask gpu-ci --pack [--peers]   (then carry target/gpu-bundle to the GPU machine and run bash target/gpu-bundle/run.sh)");
+        bail!(
+            "usage: cargo xtask gpu-ci --pack [--peers]   (then carry target/gpu-bundle to the GPU machine and run bash target/gpu-bundle/run.sh)"
+        );
     }
     let root = crate::root();
     let dir = root.join("target").join("gpu-bundle");
@@ -40,12 +42,20 @@ pub fn main(mut args: crate::Args) -> anyhow::Result<()> {
         }
     }
     let size: u64 = std::fs::read_dir(&dir)?.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum();
-    println!("gpu-ci: packed {} ({:.1} MiB); carry target/gpu-bundle{} and run: bash target/gpu-bundle/run.sh all", dir.display(), size as f64 / (1 << 20) as f64, if peers { " target/peers" } else { "" });
+    println!(
+        "gpu-ci: packed {} ({:.1} MiB); carry target/gpu-bundle{} and run: bash target/gpu-bundle/run.sh all",
+        dir.display(),
+        size as f64 / (1 << 20) as f64,
+        if peers { " target/peers" } else { "" }
+    );
     Ok(())
 }
 
 fn which(name: &str) -> Option<std::path::PathBuf> {
-    let home_bin = std::env::var_os("CARGO_HOME").map(std::path::PathBuf::from).or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cargo"))).map(|c| c.join("bin"));
+    let home_bin = std::env::var_os("CARGO_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cargo")))
+        .map(|c| c.join("bin"));
     std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
         .unwrap_or_default()

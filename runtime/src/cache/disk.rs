@@ -103,7 +103,8 @@ impl DiskCache {
     /// that distinct identities never share a directory.
     pub fn toolchain_dir(identity: &str) -> String {
         let words: Vec<&str> = identity.split_whitespace().take(4).collect();
-        let mut s: String = words.join("-").chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' }).collect();
+        let mut s: String =
+            words.join("-").chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' }).collect();
         s.truncate(60);
         format!("{s}-{}", &hex(&Sha256::digest(identity.as_bytes()))[..12])
     }

@@ -113,33 +113,35 @@ pub fn compile_with(spec: &KernelSpec, device: Arch, knobs: &Knobs) -> Result<Co
         return Err(Error::UnsupportedArch { arch, reason: format!("{} runs only on {:?}", spec.name(), spec.target_set()) });
     }
     let tk = toolkit();
-    let include = tk.include.clone().ok_or_else(|| {
-        Error::unavailable("CUDA headers", format!("cuda_bf16.h/cuda_fp8.h not found (searched {})", tk.searched_line()))
-    })?;
+    let include = tk
+        .include
+        .clone()
+        .ok_or_else(|| Error::unavailable("CUDA headers", format!("cuda_bf16.h/cuda_fp8.h not found (searched {})", tk.searched_line())))?;
     let options = canonical_options(spec, arch, knobs);
     let compiler = compiler_identity(knobs.backend, None)?;
     let headers: Vec<(&str, &str)> = spec.source().all_headers().map(|h| (h.name, h.text)).collect();
     let start = Instant::now();
-    let (ptx, cubin, lowered) = match knobs.backend {
-        Backend::Nvrtc => {
-            let mut full = options.clone();
-            full.push(format!("--include-path={}", include.display()));
-            let out = nvrtc::compile(spec.source().name, spec.source().text, &headers, &full, &[spec.expr().to_string()])?
-                .map_err(|log| Error::Compile { kernel: spec.name().into(), arch, options: options.clone(), log })?;
-            if !out.log.is_empty() {
-                telemetry::debug(&format!("NVRTC log for {}:\n{}", spec.name(), out.log));
+    let (ptx, cubin, lowered) =
+        match knobs.backend {
+            Backend::Nvrtc => {
+                let mut full = options.clone();
+                full.push(format!("--include-path={}", include.display()));
+                let out = nvrtc::compile(spec.source().name, spec.source().text, &headers, &full, &[spec.expr().to_string()])?
+                    .map_err(|log| Error::Compile { kernel: spec.name().into(), arch, options: options.clone(), log })?;
+                if !out.log.is_empty() {
+                    telemetry::debug(&format!("NVRTC log for {}:\n{}", spec.name(), out.log));
+                }
+                (out.ptx, out.cubin, out.lowered.into_iter().next().unwrap_or_default())
             }
-            (out.ptx, out.cubin, out.lowered.into_iter().next().unwrap_or_default())
-        }
-        Backend::Nvcc => {
-            let nvcc_path = tk.nvcc.clone().ok_or_else(|| {
-                Error::unavailable("nvcc", format!("KILN_COMPILER=nvcc but no bin/nvcc found (searched {})", tk.searched_line()))
-            })?;
-            let out = nvcc::compile(&nvcc_path, spec, &headers, &options, &include, knobs.nvcc_timeout)?
-                .map_err(|log| Error::Compile { kernel: spec.name().into(), arch, options: options.clone(), log })?;
-            (out.ptx, out.cubin, out.lowered)
-        }
-    };
+            Backend::Nvcc => {
+                let nvcc_path = tk.nvcc.clone().ok_or_else(|| {
+                    Error::unavailable("nvcc", format!("KILN_COMPILER=nvcc but no bin/nvcc found (searched {})", tk.searched_line()))
+                })?;
+                let out = nvcc::compile(&nvcc_path, spec, &headers, &options, &include, knobs.nvcc_timeout)?
+                    .map_err(|log| Error::Compile { kernel: spec.name().into(), arch, options: options.clone(), log })?;
+                (out.ptx, out.cubin, out.lowered)
+            }
+        };
     let compile_ms = start.elapsed().as_secs_f64() * 1e3;
     let pdl_waits = ptx::has_pdl_wait(&ptx);
     Ok(Compiled {

@@ -37,12 +37,8 @@ fn nvcc_options(options: &[String]) -> Vec<String> {
 fn run(cmd: &mut Command, dir: &Path, timeout: Duration) -> std::result::Result<(), String> {
     let err_path = dir.join("stderr.txt");
     let err_file = fs::File::create(&err_path).map_err(|e| e.to_string())?;
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(err_file)
-        .spawn()
-        .map_err(|e| format!("cannot start nvcc: {e}"))?;
+    let mut child =
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(err_file).spawn().map_err(|e| format!("cannot start nvcc: {e}"))?;
     let start = Instant::now();
     let status = loop {
         match child.try_wait() {
@@ -110,8 +106,8 @@ pub(crate) fn compile(
         let ptx = fs::read_to_string(&ptx_path).map_err(|e| e.to_string())?;
         let cubin = fs::read(&cubin_path).map_err(|e| e.to_string())?;
         let entries = crate::ptx::entries(&ptx);
-        let lowered = pick_entry(&entries, spec.expr())
-            .ok_or_else(|| format!("cannot tell which PTX entry is {} among {entries:?}", spec.expr()))?;
+        let lowered =
+            pick_entry(&entries, spec.expr()).ok_or_else(|| format!("cannot tell which PTX entry is {} among {entries:?}", spec.expr()))?;
         Ok(Output { ptx, cubin, lowered })
     };
     Ok(inner())
@@ -123,7 +119,10 @@ mod tests {
 
     #[test]
     fn options_and_entries() {
-        assert_eq!(nvcc_options(&["--gpu-architecture=sm_90a".into(), "--ftz=true".into()]), ["-gencode=arch=compute_90a,code=sm_90a", "--ftz=true"]);
+        assert_eq!(
+            nvcc_options(&["--gpu-architecture=sm_90a".into(), "--ftz=true".into()]),
+            ["-gencode=arch=compute_90a,code=sm_90a", "--ftz=true"]
+        );
         let e = vec!["_Z11act_and_mulI6__halfEvv".to_string(), "_Z5otherv".to_string()];
         assert_eq!(pick_entry(&e, "act_and_mul<__half>").as_deref(), Some("_Z11act_and_mulI6__halfEvv"));
         assert_eq!(pick_entry(&e[1..], "whatever<1>").as_deref(), Some("_Z5otherv"));

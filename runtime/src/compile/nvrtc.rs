@@ -45,10 +45,7 @@ struct Api {
 
 fn load() -> Result<Api, String> {
     let tk = toolkit();
-    let path = tk
-        .nvrtc
-        .clone()
-        .ok_or_else(|| format!("libnvrtc.so.13 not found (searched {})", tk.searched_line()))?;
+    let path = tk.nvrtc.clone().ok_or_else(|| format!("libnvrtc.so.13 not found (searched {})", tk.searched_line()))?;
     // Opening a shared library runs its initialisers; NVRTC's and its builtins' are
     // self-contained and do not depend on kiln state. The handles live as long as `Api`, which
     // lives in a process-wide `OnceLock` and is never dropped.
@@ -221,14 +218,7 @@ fn compile_with(
     // SAFETY: every pointer refers to a live NUL-terminated string owned above, the two header
     // arrays have `headers.len()` entries each, and `prog` is a valid out-pointer.
     let rc = unsafe {
-        (a.nvrtcCreateProgram)(
-            &mut prog,
-            src.as_ptr(),
-            name.as_ptr(),
-            headers.len() as c_int,
-            htext_ptrs.as_ptr(),
-            hname_ptrs.as_ptr(),
-        )
+        (a.nvrtcCreateProgram)(&mut prog, src.as_ptr(), name.as_ptr(), headers.len() as c_int, htext_ptrs.as_ptr(), hname_ptrs.as_ptr())
     };
     if rc != 0 {
         return Err(format!("nvrtcCreateProgram: {}", a.err(rc)));
