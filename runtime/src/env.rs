@@ -13,7 +13,7 @@
 //! | `KILN_LINEINFO` | compile with `--generate-line-info` | yes (option in key) |
 //! | `KILN_PDL` | `0` launches every kernel without programmatic stream serialization | no |
 //! | `KILN_LOG` | `off`, `warn` (default), `info`, `debug` | no |
-//! | `KILN_CUDA_HOME` | where to look first for NVRTC, headers and nvcc | no (compiler identity is) |
+//! | `KILN_CUDA_HOME` | where to look first for NVRTC, headers and nvcc; `none` disables the search (a host with only a prewarmed cache) | no (compiler identity is) |
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -169,6 +169,11 @@ fn find_builtins(dir: &Path) -> Option<PathBuf> {
 
 fn discover() -> Toolkit {
     let mut tk = Toolkit::default();
+    if std::env::var("KILN_CUDA_HOME").as_deref() == Ok("none") {
+        // Explicitly no toolkit: behave like a production host that only has a prewarmed cache.
+        tk.searched.push("$KILN_CUDA_HOME=none (toolkit search disabled)".into());
+        return tk;
+    }
     for (label, root) in candidate_roots() {
         tk.searched.push(label);
         find_in_root(&root, &mut tk);

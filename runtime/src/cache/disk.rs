@@ -274,3 +274,136 @@ impl DiskCache {
         ids
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::env::Backend;
+    use crate::math::FastMath;
+
+    fn sample(tag: u8) -> Compiled {
+        Compiled {
+            kernel: format!("k{tag}"),
+            arch: Arch::SM90,
+            backend: Backend::Nvrtc,
+            compiler: "nvrtc 13.0 CL-1 V13.0.88 headers:00".into(),
+            options: vec!["--gpu-architecture=sm_90".into()],
+            math: FastMath::FAST,
+            expr: "k<1>".into(),
+            lowered_name: "_Z1kILi1EEvv".into(),
+            cubin: vec![tag; 1000],
+            ptx: ".target sm_90\n".into(),
+            compile_ms: 1.0,
+            pdl_waits: false,
+        }
+    }
+
+    #[test]
+    fn publish_read_and_first_writer_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = DiskCache::new(dir.path(), false);
+        let key = CacheKey([1; 32]);
+        let c = sample(1);
+        let path = cache.entry_path(&c.compiler, c.arch, &key);
+        assert!(matches!(cache.read(&path, &key), Read::Missing));
+        assert!(cache.write(&path, &key, &c).unwrap());
+        // A second publisher of the same key loses and changes nothing.
+        assert!(!cache.write(&path, &key, &sample(2)).unwrap());
+        match cache.read(&path, &key) {
+            Read::Hit(got) => assert_eq!(*got, c),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(cache.known_identities(), [c.compiler.clone()]);
+        // No temp files are left behind.
+        let leftovers: Vec<_> = cache.entries().iter().map(|e| e.path.clone()).filter(|p| p != &path).collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+        assert!(!std::fs::read_dir(path.parent().unwrap()).unwrap().flatten().any(|e| e.file_name().to_string_lossy().starts_with(".tmp")));
+    }
+
+    #[test]
+    fn damaged_entries_are_never_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = DiskCache::new(dir.path(), false);
+        let (ka, kb) = (CacheKey([1; 32]), CacheKey([2; 32]));
+        let (pa, pb) = (cache.entry_path("id", Arch::SM90, &ka), cache.entry_path("id", Arch::SM90, &kb));
+        cache.write(&pa, &ka, &sample(1)).unwrap();
+        let bytes = std::fs::read(&pa).unwrap();
+        // Truncated.
+        std::fs::write(&pa, &bytes[..bytes.len() / 2]).unwrap();
+        assert!(matches!(cache.read(&pa, &ka), Read::Corrupt(_)));
+        // Bit flip in the CUBIN.
+        let mut flipped = bytes.clone();
+        flipped[bytes.len() / 2] ^= 1;
+        std::fs::write(&pa, &flipped).unwrap();
+        assert!(matches!(cache.read(&pa, &ka), Read::Corrupt(_)));
+        // A valid entry of another key copied over this one ("swapped").
+        std::fs::write(&pa, &bytes).unwrap();
+        std::fs::create_dir_all(pb.parent().unwrap()).unwrap();
+        std::fs::copy(&pa, &pb).unwrap();
+        assert!(matches!(cache.read(&pb, &kb), Read::Corrupt(r) if r.contains("does not match")));
+        // verify() finds the swapped one; --fix quarantines it.
+        let bad = cache.verify(true);
+        assert_eq!(bad.len(), 1, "{bad:?}");
+        assert!(!pb.exists());
+        assert_eq!(std::fs::read_dir(dir.path().join("quarantine")).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn gc_removes_least_recently_used_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = DiskCache::new(dir.path(), false);
+        let mut paths = Vec::new();
+        for i in 0..4u8 {
+            let k = CacheKey([i; 32]);
+            let p = cache.entry_path("id", Arch::SM90, &k);
+            cache.write(&p, &k, &sample(i)).unwrap();
+            let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000 + i as u64 * 100);
+            File::options().append(true).open(&p).unwrap().set_modified(t).unwrap();
+            paths.push(p);
+        }
+        // Reading entry 0 makes it the most recently used.
+        assert!(matches!(cache.read(&paths[0], &CacheKey([0; 32])), Read::Hit(_)));
+        let one = cache.entries()[0].bytes;
+        let (removed, left) = cache.gc(2 * one);
+        assert_eq!((removed, left), (2, 2 * one));
+        assert!(paths[0].exists() && !paths[1].exists() && !paths[2].exists() && paths[3].exists());
+    }
+
+    #[test]
+    fn read_only_cache_never_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = DiskCache::new(dir.path().join("ro"), true);
+        let k = CacheKey([9; 32]);
+        let p = cache.entry_path("id", Arch::SM90, &k);
+        assert!(!cache.write(&p, &k, &sample(9)).unwrap());
+        assert!(!dir.path().join("ro").exists());
+        assert!(cache.lock(&k, Duration::from_millis(1)).is_none());
+    }
+
+    #[test]
+    fn an_unwritable_cache_is_an_io_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("plain-file");
+        std::fs::write(&file, b"x").unwrap();
+        // The cache root lies below a regular file: every write fails (even as root).
+        let cache = DiskCache::new(file.join("cache"), false);
+        let k = CacheKey([3; 32]);
+        let p = cache.entry_path("id", Arch::SM90, &k);
+        assert!(cache.write(&p, &k, &sample(3)).is_err());
+        assert!(matches!(cache.read(&p, &k), Read::Missing | Read::Io(_)));
+        assert!(cache.lock(&k, Duration::from_millis(1)).is_none());
+    }
+
+    #[test]
+    fn key_lock_excludes_a_second_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = DiskCache::new(dir.path(), false);
+        let k = CacheKey([5; 32]);
+        let held = cache.lock(&k, Duration::from_secs(1)).expect("first lock");
+        let t = Instant::now();
+        assert!(cache.lock(&k, Duration::from_millis(50)).is_none(), "second holder must time out");
+        assert!(t.elapsed() >= Duration::from_millis(50));
+        drop(held);
+        assert!(cache.lock(&k, Duration::from_millis(50)).is_some());
+    }
+}

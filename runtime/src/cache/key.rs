@@ -114,3 +114,94 @@ impl<'a> KeyInput<'a> {
         CacheKey(h.finalize().into())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> (Vec<String>, KeyInput<'static>) {
+        let options = vec!["--gpu-architecture=sm_90a".to_string(), "-std=c++17".to_string(), "--fmad=true".to_string()];
+        let input = KeyInput {
+            backend: Backend::Nvrtc,
+            compiler: "nvrtc 13.0 CL-36424714 V13.0.88 headers:0123456789abcdef",
+            program: "act.cuh",
+            source: "#include <kiln/common.cuh>\ntemplate <typename T> __global__ void k(T* p) {}\n",
+            headers: vec![("kiln/common.cuh", "// common\n"), ("kiln/vec.cuh", "// vec\n")],
+            options: &[],
+            arch: Arch::SM90A,
+            exprs: vec!["k<float>"],
+            env: vec![],
+        };
+        (options, input)
+    }
+
+    /// The digest of fixed inputs is pinned: a change here is a key-schema change (bump
+    /// KEY_SCHEMA or CODEGEN_EPOCH on purpose, then update the constant).
+    #[test]
+    fn golden_digest() {
+        let (options, mut k) = base();
+        k.options = &options;
+        assert_eq!(k.key().hex(), GOLDEN);
+    }
+    const GOLDEN: &str = "44e5a7fddbb4bbe075c5d7a4df2b295fc46b6438e2d1f8c6fd7af1c775eab959";
+
+    #[test]
+    fn every_input_changes_the_key() {
+        let (options, mut k) = base();
+        k.options = &options;
+        let reference = k.key();
+        let mut variants: Vec<KeyInput<'_>> = Vec::new();
+        let mut v = k.clone();
+        v.headers[1] = ("kiln/vec.cuh", "// vec!\n");
+        variants.push(v);
+        let mut v = k.clone();
+        v.headers[0] = ("kiln/commoN.cuh", "// common\n");
+        variants.push(v);
+        let mut v = k.clone();
+        v.source = "#include <kiln/common.cuh>\ntemplate <typename T> __global__ void k(T* q) {}\n";
+        variants.push(v);
+        let mut v = k.clone();
+        v.program = "act2.cuh";
+        variants.push(v);
+        let mut v = k.clone();
+        v.arch = Arch::SM90;
+        variants.push(v);
+        let mut v = k.clone();
+        v.arch = Arch::SM100A;
+        variants.push(v);
+        let mut v = k.clone();
+        v.compiler = "nvrtc 13.0 CL-36424715 V13.0.88 headers:0123456789abcdef";
+        variants.push(v);
+        let mut v = k.clone();
+        v.backend = Backend::Nvcc;
+        variants.push(v);
+        let mut v = k.clone();
+        v.exprs = vec!["k<double>"];
+        variants.push(v);
+        let mut v = k.clone();
+        v.env = vec![("KILN_LINEINFO", "1".into())];
+        variants.push(v);
+        let other_opts = vec!["--gpu-architecture=sm_90a".to_string(), "-std=c++17".to_string(), "--fmad=false".to_string()];
+        let mut v = k.clone();
+        v.options = &other_opts;
+        variants.push(v);
+        for (i, v) in variants.iter().enumerate() {
+            assert_ne!(v.key(), reference, "variant {i} did not change the key");
+        }
+        // Order of headers and expressions does not matter; equal inputs give equal keys.
+        let mut v = k.clone();
+        v.headers.reverse();
+        assert_eq!(v.key(), reference);
+        assert_eq!(k.clone().key(), reference);
+    }
+
+    #[test]
+    fn length_prefixing_prevents_ambiguity() {
+        let (options, mut a) = base();
+        a.options = &options;
+        let mut b = a.clone();
+        a.headers = vec![("ab", "c")];
+        b.headers = vec![("a", "bc")];
+        assert_ne!(a.key(), b.key());
+    }
+}

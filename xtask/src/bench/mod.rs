@@ -6,6 +6,7 @@
 
 pub mod activation;
 pub mod mxfp8;
+pub mod mxfp8_gemm;
 pub mod rmsnorm;
 pub mod rope;
 pub mod runtime_costs;
@@ -102,6 +103,13 @@ impl Ctx {
     }
 }
 
+/// The device address of a buffer (for `#[repr(C)]` params in benchmarks).
+pub fn device_ptr<T>(rt: &Runtime, s: &kiln_runtime::cudarc::driver::CudaSlice<T>) -> u64 {
+    use kiln_runtime::cudarc::driver::DevicePtr;
+    let (p, _sync) = s.device_ptr(rt.stream());
+    p
+}
+
 /// Device-to-device copy of 1 GiB: the bandwidth ceiling the op ratios are read against.
 pub fn copy(c: &mut Ctx) -> anyhow::Result<()> {
     let n = 1usize << 29;
@@ -131,6 +139,7 @@ pub fn run(ops: &[String], quick: bool, out: Option<&std::path::Path>) -> anyhow
     }
     if want("mxfp8") {
         mxfp8::run(&mut c)?;
+        mxfp8_gemm::run(&mut c)?;
     }
     Ok(())
 }
