@@ -54,6 +54,7 @@ struct Counters {
     slowest_compile_us: AtomicU64,
     cache_errors: AtomicU64,
     quarantined: AtomicU64,
+    nvrtc_programs: AtomicU64,
 }
 
 fn counters() -> &'static Counters {
@@ -89,6 +90,9 @@ pub struct Stats {
     pub cache_errors: u64,
     /// Entries moved to quarantine (corrupt, mismatched, or rejected by the driver).
     pub quarantined: u64,
+    /// NVRTC programs compiled by this process (kernels and the one-off identity probe): a warm
+    /// process must show 0.
+    pub nvrtc_programs: u64,
 }
 
 impl std::fmt::Display for Stats {
@@ -112,6 +116,7 @@ pub fn stats() -> Stats {
         slowest_compile_ms: c.slowest_compile_us.load(Relaxed) as f64 / 1e3,
         cache_errors: c.cache_errors.load(Relaxed),
         quarantined: c.quarantined.load(Relaxed),
+        nvrtc_programs: c.nvrtc_programs.load(Relaxed),
     }
 }
 
@@ -131,6 +136,10 @@ pub(crate) fn record_compile(kernel: &str, arch: crate::Arch, backend: &str, ms:
     c.compile_us.fetch_add(us, Relaxed);
     c.slowest_compile_us.fetch_max(us, Relaxed);
     info(&format!("compiled {kernel} for {arch} with {backend} in {ms:.0} ms"));
+}
+
+pub(crate) fn record_nvrtc_program() {
+    counters().nvrtc_programs.fetch_add(1, Relaxed);
 }
 
 pub(crate) fn record_cache_error(msg: &str) {

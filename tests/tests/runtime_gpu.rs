@@ -254,8 +254,9 @@ fn child_reload() -> anyhow::Result<()> {
     anyhow::ensure!(got[5] == 6.0 / 3.0);
     let s = stats();
     println!(
-        "CHILD compiled={} disk_hits={} runtime_ms={:.2} first_call_ms={:.3}",
+        "CHILD compiled={} nvrtc_programs={} disk_hits={} runtime_ms={:.2} first_call_ms={:.3}",
         s.compiled,
+        s.nvrtc_programs,
         s.disk_hits,
         t_rt.as_secs_f64() * 1e3,
         first_call.as_secs_f64() * 1e3
@@ -274,7 +275,7 @@ fn fresh_process_reload() -> anyhow::Result<()> {
     let line = text.lines().find(|l| l.starts_with("CHILD")).unwrap_or_default();
     eprintln!("{line}");
     anyhow::ensure!(
-        line.contains("compiled=0") && line.contains("disk_hits=1"),
+        line.contains("compiled=0") && line.contains("nvrtc_programs=0") && line.contains("disk_hits=1"),
         "fresh process must load from disk without compiling: {line}"
     );
     Ok(())

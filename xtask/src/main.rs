@@ -99,7 +99,12 @@ fn main() -> anyhow::Result<()> {
         "test" => {
             bootstrap::ensure_nvrtc()?;
             let mut c = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-            c.current_dir(root()).args(["test", "--workspace"]).args(args.rest()).env("KILN_REQUIRE_NVRTC", "1");
+            let rest = args.rest();
+            c.current_dir(root()).arg("test");
+            if !rest.iter().any(|a| a == "-p" || a == "--package" || a.starts_with("--package=")) {
+                c.arg("--workspace");
+            }
+            c.args(rest).env("KILN_REQUIRE_NVRTC", "1");
             run(&mut c)
         }
         "lint" => {

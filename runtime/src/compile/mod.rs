@@ -262,23 +262,27 @@ fn measure_identity(backend: Backend) -> Result<String> {
 /// mtimes, so a warm process never calls the compiler.
 pub(crate) fn compiler_identity(backend: Backend, cache_root: Option<&Path>) -> Result<String> {
     static IDS: [OnceLock<std::result::Result<String, String>>; 2] = [OnceLock::new(), OnceLock::new()];
-    let slot = &IDS[backend as usize];
-    slot.get_or_init(|| {
-        let memo = cache_root.map(|r| r.join("toolchains").join(format!("{}.id", toolchain_stamp(backend))));
-        if let Some(m) = &memo
-            && let Ok(s) = std::fs::read_to_string(m)
-            && !s.trim().is_empty()
-        {
-            return Ok(s.trim().to_string());
-        }
-        let id = measure_identity(backend).map_err(|e| e.to_string())?;
-        if let Some(m) = &memo {
-            let _ = crate::cache::disk::write_atomic(m, id.as_bytes());
-        }
-        Ok(id)
-    })
-    .clone()
-    .map_err(|e| Error::unavailable(format!("{backend:?} compiler"), e))
+    static STAMPS: [OnceLock<String>; 2] = [OnceLock::new(), OnceLock::new()];
+    let memo = cache_root.map(|r| r.join("toolchains").join(format!("{}.id", STAMPS[backend as usize].get_or_init(|| toolchain_stamp(backend)))));
+    let id = IDS[backend as usize]
+        .get_or_init(|| {
+            if let Some(m) = &memo
+                && let Ok(s) = std::fs::read_to_string(m)
+                && !s.trim().is_empty()
+            {
+                return Ok(s.trim().to_string());
+            }
+            measure_identity(backend).map_err(|e| e.to_string())
+        })
+        .clone()
+        .map_err(|e| Error::unavailable(format!("{backend:?} compiler"), e))?;
+    // Every cache this process uses learns the identity, so its next process needs no compiler call.
+    if let Some(m) = &memo
+        && !m.exists()
+    {
+        let _ = crate::cache::disk::write_atomic(m, id.as_bytes());
+    }
+    Ok(id)
 }
 
 /// Whether the configured compiler can be reached (cheap: file discovery only).

@@ -197,6 +197,7 @@ pub(crate) fn compile(
     name_exprs: &[String],
 ) -> Result<std::result::Result<Output, String>> {
     let a = api()?;
+    crate::telemetry::record_nvrtc_program();
     Ok(compile_with(a, program_name, source, headers, options, name_exprs))
 }
 
