@@ -75,47 +75,32 @@ fn ordered16(b: u16) -> i32 {
     if b & 0x8000 != 0 { -((b & 0x7fff) as i32) } else { b as i32 }
 }
 
-impl TestFloat for bf16 {
-    fn to_f64(self) -> f64 {
-        self.to_f64()
-    }
-    fn from_f64(v: f64) -> Self {
-        bf16::from_f64(v)
-    }
-    fn bits(self) -> u32 {
-        self.to_bits() as u32
-    }
-    fn poison() -> Self {
-        bf16::from_bits(0x7fa5)
-    }
-    fn ulp_diff(a: Self, b: Self) -> u64 {
-        if a.is_nan() || b.is_nan() {
-            return if a.is_nan() && b.is_nan() { 0 } else { u64::MAX };
+macro_rules! half_test_float {
+    ($t:ty, $poison:expr) => {
+        impl TestFloat for $t {
+            fn to_f64(self) -> f64 {
+                <$t>::to_f64(self)
+            }
+            fn from_f64(v: f64) -> Self {
+                <$t>::from_f64(v)
+            }
+            fn bits(self) -> u32 {
+                self.to_bits() as u32
+            }
+            fn poison() -> Self {
+                <$t>::from_bits($poison)
+            }
+            fn ulp_diff(a: Self, b: Self) -> u64 {
+                if a.is_nan() || b.is_nan() {
+                    return if a.is_nan() && b.is_nan() { 0 } else { u64::MAX };
+                }
+                ordered16(a.to_bits()).abs_diff(ordered16(b.to_bits())) as u64
+            }
         }
-        ordered16(a.to_bits()).abs_diff(ordered16(b.to_bits())) as u64
-    }
+    };
 }
-
-impl TestFloat for f16 {
-    fn to_f64(self) -> f64 {
-        self.to_f64()
-    }
-    fn from_f64(v: f64) -> Self {
-        f16::from_f64(v)
-    }
-    fn bits(self) -> u32 {
-        self.to_bits() as u32
-    }
-    fn poison() -> Self {
-        f16::from_bits(0x7e5a)
-    }
-    fn ulp_diff(a: Self, b: Self) -> u64 {
-        if a.is_nan() || b.is_nan() {
-            return if a.is_nan() && b.is_nan() { 0 } else { u64::MAX };
-        }
-        ordered16(a.to_bits()).abs_diff(ordered16(b.to_bits())) as u64
-    }
-}
+half_test_float!(bf16, 0x7fa5);
+half_test_float!(f16, 0x7e5a);
 
 impl TestFloat for f32 {
     fn to_f64(self) -> f64 {

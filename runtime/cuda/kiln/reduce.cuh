@@ -28,36 +28,42 @@ KILN_DEVICE float group_sum(float v) {
   return v;
 }
 
-// CTA-wide sum for a block of kWarps full warps; `smem` holds at least kWarps floats. Every
-// thread returns the total. Ends with a barrier, so `smem` may be reused right after.
-template <int kWarps>
-KILN_DEVICE float block_sum(float v, float* smem) {
+struct SumOp {
+  KILN_DEVICE float operator()(float a, float b) const { return a + b; }
+  KILN_DEVICE float warp(float v) const { return warp_sum(v); }
+  KILN_DEVICE static float identity() { return 0.0f; }
+};
+struct MaxOp {
+  KILN_DEVICE float operator()(float a, float b) const { return fmaxf(a, b); }
+  KILN_DEVICE float warp(float v) const { return warp_max(v); }
+  KILN_DEVICE static float identity() { return __int_as_float(0xff800000u); }  // -inf
+};
+
+// CTA-wide reduction for a block of kWarps full warps; `smem` holds at least kWarps floats. Every
+// thread returns the result. Ends with a barrier, so `smem` may be reused right after.
+template <int kWarps, typename Op>
+KILN_DEVICE float block_reduce(float v, float* smem, Op op) {
   static_assert(kWarps >= 1 && kWarps <= 32, "1..32 warps");
-  v = warp_sum(v);
+  v = op.warp(v);
+  if (kWarps == 1) return v;
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
-  if (kWarps == 1) return v;
   if (lane == 0) smem[warp] = v;
   __syncthreads();
-  float t = lane < kWarps ? smem[lane] : 0.0f;
-  t = warp_sum(t);
+  float t = lane < kWarps ? smem[lane] : Op::identity();
+  t = op.warp(t);
   __syncthreads();
   return t;
 }
 
 template <int kWarps>
+KILN_DEVICE float block_sum(float v, float* smem) {
+  return block_reduce<kWarps>(v, smem, SumOp{});
+}
+
+template <int kWarps>
 KILN_DEVICE float block_max(float v, float* smem) {
-  static_assert(kWarps >= 1 && kWarps <= 32, "1..32 warps");
-  v = warp_max(v);
-  const int lane = threadIdx.x & 31;
-  const int warp = threadIdx.x >> 5;
-  if (kWarps == 1) return v;
-  if (lane == 0) smem[warp] = v;
-  __syncthreads();
-  float t = lane < kWarps ? smem[lane] : -__int_as_float(0x7f800000);
-  t = warp_max(t);
-  __syncthreads();
-  return t;
+  return block_reduce<kWarps>(v, smem, MaxOp{});
 }
 
 }  // namespace kiln
