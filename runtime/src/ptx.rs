@@ -60,6 +60,65 @@ fn normalize_internal(line: &str) -> String {
     out
 }
 
+/// A reviewable summary of (normalised) PTX for snapshot tests: the digest of the full text (so
+/// any change shows), the target, each entry with its parameter sizes, the register, shared and
+/// local declarations, and a histogram of instruction opcodes (with their modifiers, e.g.
+/// `ld.global.nc.L1::no_allocate.v4.u32 ×4`). Whole-PTX snapshots of a few hundred unrolled
+/// kernels run to tens of megabytes; the summary keeps what a reviewer checks (vector widths,
+/// spills, `griddepcontrol`, `wgmma`) at a few kilobytes.
+///
+/// ```
+/// let s = kiln_runtime::ptx::summary(".target sm_90\n.visible .entry k(\n.param .u64 k_param_0\n)\n{\n.reg .b32 %r<3>;\n\tadd.s32 %r1, %r2, 1;\n\tret;\n}\n");
+/// assert!(s.contains("entry k params [8]") && s.contains("add.s32 1") && s.contains("local: none"));
+/// ```
+pub fn summary(ptx: &str) -> String {
+    use sha2::{Digest, Sha256};
+    use std::collections::BTreeMap;
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let digest = Sha256::digest(ptx.as_bytes());
+    let _ = writeln!(out, "sha256 {}", crate::compile::hex(&digest));
+    let _ = writeln!(out, "lines {}", ptx.lines().count());
+    let mut ops: BTreeMap<String, usize> = BTreeMap::new();
+    let (mut regs, mut shared, mut local) = (Vec::new(), Vec::new(), Vec::new());
+    for line in ptx.lines() {
+        let t = line.trim();
+        if t.starts_with(".target") {
+            let _ = writeln!(out, "{t}");
+        } else if t.starts_with(".reg ") {
+            regs.push(t.trim_end_matches(';').trim_start_matches(".reg ").to_string());
+        } else if t.contains(".shared ") && !t.starts_with("//") && (t.starts_with(".shared") || t.starts_with(".extern") || t.starts_with(".visible") || t.starts_with(".global")) {
+            shared.push(t.trim_end_matches(';').to_string());
+        } else if t.starts_with(".local ") {
+            local.push(t.trim_end_matches(';').to_string());
+        } else if t.is_empty() || t.starts_with("//") || t.starts_with('.') || t.starts_with('{') || t.starts_with('}') || t.starts_with(')') || t.ends_with(':') {
+            continue;
+        } else {
+            let mut words = t.split_whitespace();
+            let mut op = words.next().unwrap_or("");
+            if op.starts_with('@') {
+                op = words.next().unwrap_or("");
+            }
+            let op = op.trim_end_matches(';');
+            if !op.is_empty() && op.chars().next().is_some_and(|c| c.is_ascii_lowercase()) {
+                *ops.entry(op.to_string()).or_default() += 1;
+            }
+        }
+    }
+    for e in entries(ptx) {
+        let params = entry_params(ptx, &e).unwrap_or_default();
+        let _ = writeln!(out, "entry {e} params {:?}", params.iter().map(|p| p.1).collect::<Vec<_>>());
+    }
+    let _ = writeln!(out, "regs: {}", regs.join(", "));
+    let _ = writeln!(out, "shared: {}", if shared.is_empty() { "none".to_string() } else { shared.join("; ") });
+    let _ = writeln!(out, "local: {}", if local.is_empty() { "none".to_string() } else { local.join("; ") });
+    let _ = writeln!(out, "instructions ({} kinds, {} total):", ops.len(), ops.values().sum::<usize>());
+    for (op, n) in ops {
+        let _ = writeln!(out, "  {op} {n}");
+    }
+    out
+}
+
 /// Whether the PTX waits on a programmatic dependency (`griddepcontrol.wait`).
 pub fn has_pdl_wait(ptx: &str) -> bool {
     ptx.contains("griddepcontrol.wait")
