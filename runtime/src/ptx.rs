@@ -28,7 +28,9 @@ pub fn normalize_ptx(ptx: &str) -> String {
     out
 }
 
-/// `_INTERNAL_<hex>_<n>_<name>_<hex>` → `_INTERNAL_<name>`.
+/// `_INTERNAL_<hex>_<n>_<name>_<hex>` → `_INTERNAL_<name>`; inside a mangled name the segment is
+/// length-prefixed (`_ZN50_INTERNAL_…`), and that prefix changes with the hash, so it is rewritten
+/// to the new length.
 fn normalize_internal(line: &str) -> String {
     const TAG: &str = "_INTERNAL_";
     if !line.contains(TAG) {
@@ -37,10 +39,17 @@ fn normalize_internal(line: &str) -> String {
     let mut out = String::with_capacity(line.len());
     let mut rest = line;
     while let Some(pos) = rest.find(TAG) {
-        out.push_str(&rest[..pos]);
-        out.push_str(TAG);
+        let head = &rest[..pos];
+        let digits = head.len() - head.trim_end_matches(|c: char| c.is_ascii_digit()).len();
+        let prefixed_len: Option<usize> = (digits > 0).then(|| head[head.len() - digits..].parse().ok()).flatten();
+        out.push_str(&head[..head.len() - digits]);
         let after = &rest[pos + TAG.len()..];
-        let end = after.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(after.len());
+        let natural_end = after.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(after.len());
+        // A length-prefixed segment ends exactly where its prefix says.
+        let end = match prefixed_len {
+            Some(n) if n >= TAG.len() && n - TAG.len() <= natural_end => n - TAG.len(),
+            _ => natural_end,
+        };
         let ident = &after[..end];
         // Drop a leading hex hash and a counter, and a trailing hex hash.
         let mut parts: Vec<&str> = ident.split('_').collect();
@@ -53,7 +62,11 @@ fn normalize_internal(line: &str) -> String {
         if parts.len() >= 2 && parts.last().is_some_and(|p| p.len() >= 3 && p.chars().all(|c| c.is_ascii_hexdigit())) {
             parts.pop();
         }
-        out.push_str(&parts.join("_"));
+        let name = format!("{TAG}{}", parts.join("_"));
+        if prefixed_len.is_some() {
+            out.push_str(&name.len().to_string());
+        }
+        out.push_str(&name);
         rest = &after[end..];
     }
     out.push_str(rest);
