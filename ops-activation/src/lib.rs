@@ -1,16 +1,496 @@
-//! kiln activation kernels (in progress).
+//! # kiln-activation
+//!
+//! Gated activations of LLM MLP and MoE layers, `out[r, i] = act(x[r, i]) · x[r, d + i]` for an
+//! input of `rows × 2d` and an output of `rows × d`, with `act` ∈ {SiLU, GELU (erf), GELU (tanh)},
+//! for `f16`, `bf16` and `f32`, at memory speed.
+//!
+//! - Any `d ≥ 1`; rows may be strided (slices of larger buffers). Aligned pointers, strides and
+//!   `d` take a 16-byte vector path, anything else a scalar path with identical results.
+//! - Rounding: by default `RN_T(act_f32(g) · u_f32)` (one rounding, arch-default fast math);
+//!   [`Rounding::Activation`] (the `…_with_activation_rounding` functions) computes
+//!   `RN_T(f32(RN_T(act(g))) · u)` in IEEE arithmetic with PyTorch eager's operation order, i.e.
+//!   `F.silu(g).to(T) * u`.
+//! - Row filters ([`Options::expert_filter`], [`Options::sorted_filter`]): a skipped row is neither
+//!   read nor written, so its output keeps whatever it held. Ids are read after the PDL wait.
+//! - SiLU clamp ([`Options::clamp_limit`], gpt-oss style): gate clamped above, up to `±limit`.
+//! - Everything is checked before a launch ([`kiln_runtime::Error::InvalidArgument`] naming the
+//!   values); `rows == 0` or `d == 0` launches nothing. Work is stream-ordered on
+//!   [`Runtime::stream`]; nothing synchronises.
+//!
+//! ```no_run
+//! use kiln_activation::{Activation, Options, Shape, act_and_mul_with, silu_and_mul};
+//! use kiln_runtime::Runtime;
+//! use kiln_runtime::half::bf16;
+//!
+//! let rt = Runtime::new(0)?;
+//! rt.preload(&kiln_activation::kernel_specs())?; // before any CUDA-graph capture
+//! let (rows, d) = (128, 4096);
+//! let x = rt.stream().clone_htod(&vec![bf16::from_f32(0.5); rows * 2 * d]).unwrap();
+//! let mut y = rt.stream().alloc_zeros::<bf16>(rows * d).unwrap();
+//! silu_and_mul(&rt, &x, &mut y, rows, d)?;
+//!
+//! // MoE: skip the rows whose expert id is -1.
+//! let ids = rt.stream().clone_htod(&vec![0i32; rows]).unwrap();
+//! let opts = Options::new().expert_filter(&ids, 1);
+//! act_and_mul_with(&rt, Activation::Silu, &x, &mut y, Shape::contiguous(rows, d), &opts)?;
+//! # Ok::<(), kiln_runtime::Error>(())
+//! ```
+
 #![deny(unsafe_code)]
 
-use kiln_runtime::KernelSpec;
+#[allow(unsafe_code)]
+mod ffi;
+mod plan;
+pub mod reference;
 
-/// Every kernel instantiation of this crate (for prewarm, snapshots and preload).
+use std::sync::LazyLock;
+
+use plan::{Request, mul, validate};
+
+use kiln_runtime::cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceSlice};
+use kiln_runtime::half::{bf16, f16};
+use kiln_runtime::{
+    Dtype, DtypeId, Error, FastMath, KernelSource, KernelSpec, MathPolicy, PRELUDE, Result, Runtime, TemplateArg, ensure, template_expr,
+};
+
+/// The kernel source (`cuda/activation.cuh`) and the prelude it includes.
+static SOURCE: KernelSource = KernelSource { name: "activation.cuh", text: include_str!("../cuda/activation.cuh"), headers: &[PRELUDE] };
+
+/// Widest row: column blocks are `gridDim.x` (< 2^31).
+pub const MAX_D: usize = i32::MAX as usize;
+/// Most rows: row blocks are spread over `gridDim.y·gridDim.z` (65535 each), and the kernel
+/// indexes ids by a 32-bit row.
+pub const MAX_ROWS: usize = i32::MAX as usize;
+
+/// The gated activation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Activation {
+    /// `g / (1 + exp(-g))`.
+    Silu,
+    /// `g · ½(1 + erf(g/√2))`.
+    Gelu,
+    /// `g · ½(1 + tanh(√(2/π)(g + 0.044715 g³)))`.
+    GeluTanh,
+}
+
+impl Activation {
+    /// All three, in template-argument order.
+    pub const ALL: [Activation; 3] = [Activation::Silu, Activation::Gelu, Activation::GeluTanh];
+
+    /// `silu` / `gelu` / `gelu_tanh`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Activation::Silu => "silu",
+            Activation::Gelu => "gelu",
+            Activation::GeluTanh => "gelu_tanh",
+        }
+    }
+
+    /// The op name used in errors, spec names and benchmarks: `silu_and_mul`, ….
+    pub const fn op(self) -> &'static str {
+        match self {
+            Activation::Silu => "silu_and_mul",
+            Activation::Gelu => "gelu_and_mul",
+            Activation::GeluTanh => "gelu_tanh_and_mul",
+        }
+    }
+
+    const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Where the result is rounded to the storage type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Rounding {
+    /// `RN_T(act(g) · u)`: one rounding, arch-default fast math (SGLang's and FlashInfer's rule).
+    #[default]
+    Once,
+    /// `RN_T(f32(RN_T(act(g))) · u)` with IEEE arithmetic: PyTorch eager `F.act(g).to(T) * u`.
+    Activation,
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for super::f16 {}
+    impl Sealed for super::bf16 {}
+    impl Sealed for f32 {}
+}
+
+/// The element types the activation kernels support: `f16`, `bf16`, `f32`.
+pub trait Float: Dtype + sealed::Sealed + PartialEq + PartialOrd + std::fmt::Debug {
+    /// Exact widening.
+    fn to_f32(self) -> f32;
+    /// Round to nearest, ties to even (the kernels' `from_f32`).
+    fn from_f32(x: f32) -> Self;
+}
+
+impl Float for f16 {
+    fn to_f32(self) -> f32 {
+        f16::to_f32(self)
+    }
+    fn from_f32(x: f32) -> Self {
+        f16::from_f32(x)
+    }
+}
+impl Float for bf16 {
+    fn to_f32(self) -> f32 {
+        bf16::to_f32(self)
+    }
+    fn from_f32(x: f32) -> Self {
+        bf16::from_f32(x)
+    }
+}
+impl Float for f32 {
+    fn to_f32(self) -> f32 {
+        self
+    }
+    fn from_f32(x: f32) -> Self {
+        x
+    }
+}
+
+/// Rows, output width and row strides (in elements) of one call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Shape {
+    /// Rows.
+    pub rows: usize,
+    /// Output width; the input row holds the gate `[0, d)` and the up projection `[d, 2d)`.
+    pub d: usize,
+    /// Elements from one input row to the next (≥ 2d).
+    pub in_row_stride: usize,
+    /// Elements from one output row to the next (≥ d).
+    pub out_row_stride: usize,
+}
+
+impl Shape {
+    /// Packed rows: strides `2d` and `d`.
+    pub const fn contiguous(rows: usize, d: usize) -> Shape {
+        Shape { rows, d, in_row_stride: 2 * d, out_row_stride: d }
+    }
+
+    /// Explicit strides (views into larger buffers).
+    pub const fn strided(rows: usize, d: usize, in_row_stride: usize, out_row_stride: usize) -> Shape {
+        Shape { rows, d, in_row_stride, out_row_stride }
+    }
+}
+
+/// The expert filter: row `r` is skipped iff `expert_ids[r / expert_step] == -1`.
+#[derive(Clone, Copy)]
+struct ExpertFilter<'a> {
+    ids: &'a dyn DevicePtr<i32>,
+    step: usize,
+}
+
+/// The sorted (block-aligned MoE) filter: row `r` is skipped iff `r >= num_tokens_post_padded[0]`
+/// or `sorted_token_ids[r] >= num_valid_tokens`.
+#[derive(Clone, Copy)]
+struct SortedFilter<'a> {
+    sorted_token_ids: &'a dyn DevicePtr<i32>,
+    num_tokens_post_padded: &'a dyn DevicePtr<i32>,
+    num_valid_tokens: usize,
+}
+
+/// Optional behaviour of [`act_and_mul_with`]: rounding, row filters, SiLU clamp.
+#[derive(Clone, Copy, Default)]
+pub struct Options<'a> {
+    rounding: Rounding,
+    expert: Option<ExpertFilter<'a>>,
+    sorted: Option<SortedFilter<'a>>,
+    clamp_limit: Option<f32>,
+}
+
+impl std::fmt::Debug for Options<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("rounding", &self.rounding)
+            .field("expert_ids_len", &self.expert.map(|e| e.ids.len()))
+            .field("expert_step", &self.expert.map(|e| e.step))
+            .field("sorted_token_ids_len", &self.sorted.map(|s| s.sorted_token_ids.len()))
+            .field("num_valid_tokens", &self.sorted.map(|s| s.num_valid_tokens))
+            .field("clamp_limit", &self.clamp_limit)
+            .finish()
+    }
+}
+
+impl<'a> Options<'a> {
+    /// Defaults: [`Rounding::Once`], no filter, no clamp.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Chooses the rounding.
+    pub fn rounding(mut self, rounding: Rounding) -> Self {
+        self.rounding = rounding;
+        self
+    }
+
+    /// Skips row `r` (no load, no store) iff `expert_ids[r / expert_step] == -1`; other values,
+    /// negative ones included, compute. Needs `expert_ids.len() · expert_step ≥ rows` and
+    /// `expert_step ≥ 1`. `expert_step` is 1 for per-(token, k) routing and the block size for
+    /// block-aligned (sorted) MoE layouts.
+    pub fn expert_filter(mut self, expert_ids: &'a dyn DevicePtr<i32>, expert_step: usize) -> Self {
+        self.expert = Some(ExpertFilter { ids: expert_ids, step: expert_step });
+        self
+    }
+
+    /// Also skips row `r` iff `r >= num_tokens_post_padded[0]` (a device scalar) or
+    /// `sorted_token_ids[r] >= num_valid_tokens` (padding). Needs `sorted_token_ids.len() ≥ rows`
+    /// and `num_valid_tokens ≤ i32::MAX`. Usually combined with [`Options::expert_filter`].
+    pub fn sorted_filter(
+        mut self,
+        sorted_token_ids: &'a dyn DevicePtr<i32>,
+        num_tokens_post_padded: &'a dyn DevicePtr<i32>,
+        num_valid_tokens: usize,
+    ) -> Self {
+        self.sorted = Some(SortedFilter { sorted_token_ids, num_tokens_post_padded, num_valid_tokens });
+        self
+    }
+
+    /// SiLU only: `g = min(g, L)`, `u = clamp(u, -L, L)` before the activation, with
+    /// `L = RN_T(limit)`; NaN propagates (as `torch.clamp`). `limit` must be finite and > 0.
+    pub fn clamp_limit(mut self, limit: f32) -> Self {
+        self.clamp_limit = Some(limit);
+        self
+    }
+
+    fn filtered(&self) -> bool {
+        self.expert.is_some() || self.sorted.is_some()
+    }
+}
+
+/// The clamp limit the kernel uses for `limit` in type `T`: `f32(RN_T(limit))`.
+pub fn effective_clamp_limit<T: Float>(limit: f32) -> f32 {
+    T::from_f32(limit).to_f32()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Specs
+
+const DTYPES: [DtypeId; 3] = [DtypeId::F16, DtypeId::Bf16, DtypeId::F32];
+
+fn dtype_index(dt: DtypeId) -> usize {
+    DTYPES.iter().position(|&d| d == dt).expect("Float is implemented for f16, bf16 and f32 only")
+}
+
+fn spec_index(dt: DtypeId, act: Activation, rounding: Rounding, pdl: bool) -> usize {
+    ((dtype_index(dt) * 3 + act.index()) * 2 + (rounding == Rounding::Activation) as usize) * 2 + pdl as usize
+}
+
+fn make_spec(dt: DtypeId, act: Activation, rounding: Rounding, pdl: bool) -> KernelSpec {
+    let round = rounding == Rounding::Activation;
+    let variant = match (round, pdl) {
+        (false, false) => "",
+        (false, true) => "__pdl",
+        (true, false) => "__round",
+        (true, true) => "__round_pdl",
+    };
+    let expr = template_expr("act_and_mul_kernel", &[dt.into(), TemplateArg::Int(act.index() as i64), round.into(), pdl.into()]);
+    // The rounding form must reproduce PyTorch eager bit for bit: IEEE division, precise libm.
+    let math = if round { MathPolicy::Fixed(FastMath::PRECISE) } else { MathPolicy::ArchDefault };
+    KernelSpec::new(format!("{}__{}{variant}", act.op(), dt.tag()), &SOURCE, expr).pdl(pdl).math(math)
+}
+
+static SPECS: LazyLock<Vec<KernelSpec>> = LazyLock::new(|| {
+    let mut v = Vec::with_capacity(36);
+    for dt in DTYPES {
+        for act in Activation::ALL {
+            for rounding in [Rounding::Once, Rounding::Activation] {
+                for pdl in [false, true] {
+                    debug_assert_eq!(v.len(), spec_index(dt, act, rounding, pdl));
+                    v.push(make_spec(dt, act, rounding, pdl));
+                }
+            }
+        }
+    }
+    v
+});
+
+/// Every kernel instantiation of this crate: dtype × activation × rounding × PDL (for prewarm,
+/// snapshots and [`Runtime::preload`]).
 pub fn kernel_specs() -> Vec<KernelSpec> {
-    Vec::new()
+    SPECS.clone()
+}
+
+/// The spec a call with these settings launches on `rt`.
+pub fn spec_for<T: Float>(rt: &Runtime, act: Activation, rounding: Rounding) -> &'static KernelSpec {
+    &SPECS[spec_index(T::ID, act, rounding, rt.pdl_enabled())]
 }
 
 /// Size in bytes of the by-value parameter struct of `spec`'s kernel; the snapshot suite checks
 /// it against the `.param` declaration in the PTX.
 #[doc(hidden)]
-pub fn params_bytes(_spec: &KernelSpec) -> Option<usize> {
-    None
+pub fn params_bytes(spec: &KernelSpec) -> Option<usize> {
+    std::ptr::eq(spec.source(), &SOURCE).then_some(ffi::PARAMS_BYTES)
 }
+
+/// Rejects buffers of another CUDA context than the runtime's.
+fn same_context<T>(op: &'static str, rt: &Runtime, what: &str, buf: &(impl DeviceSlice<T> + ?Sized)) -> Result<()> {
+    let ctx = buf.stream().context();
+    ensure!(
+        ctx.cu_ctx() == rt.context().cu_ctx(),
+        op,
+        "{what} belongs to device {} (another CUDA context), the runtime to device {}",
+        ctx.ordinal(),
+        rt.ordinal()
+    );
+    Ok(())
+}
+
+fn request<T: Float>(
+    op: &'static str,
+    act: Activation,
+    shape: Shape,
+    in_len: usize,
+    out_len: usize,
+    exact: bool,
+    opts: &Options<'_>,
+) -> Request {
+    Request {
+        op,
+        act,
+        shape,
+        in_len,
+        out_len,
+        exact,
+        expert: opts.expert.map(|e| (e.ids.len(), e.step)),
+        sorted: opts.sorted.map(|s| (s.sorted_token_ids.len(), s.num_tokens_post_padded.len(), s.num_valid_tokens)),
+        clamp: opts.clamp_limit.map(|l| (l, effective_clamp_limit::<T>(l))),
+    }
+}
+
+fn check_contexts<T>(
+    op: &'static str,
+    rt: &Runtime,
+    input: &(impl DeviceSlice<T> + ?Sized),
+    out: Option<&dyn DeviceSlice<T>>,
+    opts: &Options<'_>,
+) -> Result<()> {
+    same_context(op, rt, "input", input)?;
+    if let Some(o) = out {
+        same_context(op, rt, "out", o)?;
+    }
+    if let Some(e) = opts.expert {
+        same_context(op, rt, "expert_ids", e.ids)?;
+    }
+    if let Some(s) = opts.sorted {
+        same_context(op, rt, "sorted_token_ids", s.sorted_token_ids)?;
+        same_context(op, rt, "num_tokens_post_padded", s.num_tokens_post_padded)?;
+    }
+    Ok(())
+}
+
+fn op_name(act: Activation, opts: &Options<'_>) -> &'static str {
+    match (opts.rounding, act) {
+        (Rounding::Once, a) => a.op(),
+        (Rounding::Activation, Activation::Silu) => "silu_and_mul_with_activation_rounding",
+        (Rounding::Activation, Activation::Gelu) => "gelu_and_mul_with_activation_rounding",
+        (Rounding::Activation, Activation::GeluTanh) => "gelu_tanh_and_mul_with_activation_rounding",
+    }
+}
+
+fn run<T: Float>(
+    rt: &Runtime,
+    act: Activation,
+    input: &impl DevicePtr<T>,
+    out: &mut impl DevicePtrMut<T>,
+    shape: Shape,
+    opts: &Options<'_>,
+    exact: bool,
+) -> Result<()> {
+    let op = op_name(act, opts);
+    let req = request::<T>(op, act, shape, input.len(), out.len(), exact, opts);
+    let Some(plan) = validate(&req)? else { return Ok(()) };
+    check_contexts::<T>(op, rt, input, Some(out as &dyn DeviceSlice<T>), opts)?;
+    let spec = spec_for::<T>(rt, act, opts.rounding);
+    ffi::launch::<T>(rt, op, spec, &plan, input, out, opts)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Public API
+
+/// `out[r·out_row_stride + i] = act(x_g) · x_u` with `x_g = input[r·in_row_stride + i]`,
+/// `x_u = input[r·in_row_stride + d + i]`, default rounding, no filter.
+///
+/// `input` must hold `(rows-1)·in_row_stride + 2d` elements and `out` `(rows-1)·out_row_stride
+/// + d`; elements of `out` between rows are left untouched.
+pub fn act_and_mul<T: Float>(
+    rt: &Runtime,
+    act: Activation,
+    input: &impl DevicePtr<T>,
+    out: &mut impl DevicePtrMut<T>,
+    shape: Shape,
+) -> Result<()> {
+    run(rt, act, input, out, shape, &Options::new(), false)
+}
+
+/// [`act_and_mul`] with [`Options`]: rounding, expert / sorted row filters, SiLU clamp. Rows the
+/// filter skips are neither read nor written.
+pub fn act_and_mul_with<T: Float>(
+    rt: &Runtime,
+    act: Activation,
+    input: &impl DevicePtr<T>,
+    out: &mut impl DevicePtrMut<T>,
+    shape: Shape,
+    opts: &Options<'_>,
+) -> Result<()> {
+    run(rt, act, input, out, shape, opts, false)
+}
+
+/// Allocating form of [`act_and_mul_with`]: returns a new packed `rows × d` buffer. Row filters
+/// are refused (skipped rows would be uninitialised memory): pass an output buffer instead.
+pub fn act_and_mul_alloc<T: Float>(
+    rt: &Runtime,
+    act: Activation,
+    input: &impl DevicePtr<T>,
+    rows: usize,
+    d: usize,
+    in_row_stride: usize,
+    opts: &Options<'_>,
+) -> Result<CudaSlice<T>> {
+    let op = op_name(act, opts);
+    ensure!(!opts.filtered(), op, "the allocating form cannot filter rows (skipped rows would be uninitialised); pass an output buffer");
+    let shape = Shape::strided(rows, d, in_row_stride, d);
+    let n = mul(op, rows, d, "rows*d")?;
+    let req = request::<T>(op, act, shape, input.len(), n, false, opts);
+    let Some(plan) = validate(&req)? else {
+        return rt.stream().null().map_err(|e| Error::driver("allocating an empty output", e));
+    };
+    check_contexts::<T>(op, rt, input, None, opts)?;
+    let mut out = ffi::alloc_fully_written::<T>(rt, n)?;
+    ffi::launch::<T>(rt, op, spec_for::<T>(rt, act, opts.rounding), &plan, input, &mut out, opts)?;
+    Ok(out)
+}
+
+macro_rules! named_ops {
+    ($(($act:expr, $name:literal, $plain:ident, $alloc:ident, $round:ident)),* $(,)?) => {$(
+        #[doc = concat!("`out = ", $name, "(gate) · up` over packed rows: `input` holds exactly `rows·2d` elements, `out` `rows·d`.")]
+        #[doc = ""]
+        #[doc = "One rounding (`RN_T(act(g)·u)`), arch-default fast math. See [`act_and_mul_with`] for strides, filters and clamping."]
+        pub fn $plain<T: Float>(rt: &Runtime, input: &impl DevicePtr<T>, out: &mut impl DevicePtrMut<T>, rows: usize, d: usize) -> Result<()> {
+            run(rt, $act, input, out, Shape::contiguous(rows, d), &Options::new(), true)
+        }
+
+        #[doc = concat!("Allocating form of [`", stringify!($plain), "`]: `input` holds exactly `rows·2d` elements; returns `rows·d`.")]
+        pub fn $alloc<T: Float>(rt: &Runtime, input: &impl DevicePtr<T>, rows: usize, d: usize) -> Result<CudaSlice<T>> {
+            let op = $act.op();
+            let want = mul(op, rows, mul(op, 2, d, "2*d")?, "rows*2*d")?;
+            ensure!(input.len() == want, op, "input.len()={} != rows*2*d={want} (rows={rows}, d={d})", input.len());
+            act_and_mul_alloc(rt, $act, input, rows, d, 2 * d, &Options::new())
+        }
+
+        #[doc = concat!("`out = RN_T(f32(RN_T(", $name, "(gate))) · up)` over packed rows, in IEEE arithmetic: bit for bit PyTorch eager's `F.", $name, "(g).to(T) * u`.")]
+        pub fn $round<T: Float>(rt: &Runtime, input: &impl DevicePtr<T>, out: &mut impl DevicePtrMut<T>, rows: usize, d: usize) -> Result<()> {
+            run(rt, $act, input, out, Shape::contiguous(rows, d), &Options::new().rounding(Rounding::Activation), true)
+        }
+    )*};
+}
+
+named_ops!(
+    (Activation::Silu, "silu", silu_and_mul, silu_and_mul_alloc, silu_and_mul_with_activation_rounding),
+    (Activation::Gelu, "gelu", gelu_and_mul, gelu_and_mul_alloc, gelu_and_mul_with_activation_rounding),
+    (Activation::GeluTanh, "gelu_tanh", gelu_tanh_and_mul, gelu_tanh_and_mul_alloc, gelu_tanh_and_mul_with_activation_rounding),
+);
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,222 @@
+// activation.cuh — gated activations: out[r, i] = act(x[r, i]) · x[r, d + i] for r < rows, i < d.
+//
+// Math (all arithmetic in f32; T ∈ {__half, __nv_bfloat16, float}; g = f32(x[r, i]), u = f32(x[r, d + i])):
+//   silu(g)      = g / (1 + exp(-g))
+//   gelu(g)      = g · ½(1 + erf(g/√2))
+//   gelu_tanh(g) = g · ½(1 + tanh(√(2/π)(g + 0.044715 g³)))
+// Rounding:
+//   kRound = false: out = RN_T(act(g) · u), one rounding. Compiled with the arch-default fast-math
+//     policy (on sm_90: __expf, approximate division, ftz). Written without cancellation for
+//     g ≪ 0: gelu as g·½erfc(-g/√2), gelu_tanh through ½(1 + tanh(y)) = 1 / (1 + exp(-2y)).
+//   kRound = true: out = RN_T(f32(RN_T(act(g))) · u): PyTorch eager's `F.act(g).to(T) * u`, with
+//     PyTorch's operation order pinned by __f*_rn intrinsics (so no contraction can change it)
+//     and the precise libm functions (the spec compiles this with FastMath::PRECISE).
+//   Optional SiLU clamp (L > 0, already RN_T-rounded by the host): g = g > L ? L : g,
+//     u = u > L ? L : (u < -L ? -L : u) — NaN propagates, as torch.clamp does.
+// Row filter (after the PDL wait; a skipped row is neither read nor written):
+//   expert: skip iff expert_ids[r / expert_step] == -1;
+//   sorted: skip iff r >= *num_tokens_post_padded or sorted_token_ids[r] >= num_valid_tokens.
+// Layout: x rows of `in_stride` elements (gate at [0, d), up at [d, 2d)); out rows of `out_stride`.
+// Launch: block (tx, ty) with tx·ty = kThreads = 256 (128 for inputs under 512 KiB: more SMs
+//   issue loads), grid (column blocks, row blocks split over y and z: y ≤ 65535). Thread (x, y) of
+//   block (bx, by, bz) handles row (bz·gridDim.y + by)·ty + y and, of that row's units
+//   (16-byte vectors of kVec16<T> elements when the host found pointers, strides and d
+//   aligned — flag kVectorPath; their 8-byte halves for inputs under 64 KiB, flag kHalfVector,
+//   to halve the serial arithmetic — else single elements), the units bx·tx·kPer + x + j·tx
+//   for j < kPer. Blocks are dispatched x-fastest, i.e. in memory order.
+//   No division in the index math (but the expert filter's row / expert_step); 64-bit offsets.
+//   Dependents are released right after the PDL wait (flag kEarlyTrigger; they wait for this
+//   whole grid before their first read anyway), except on inputs under 512 KiB, where releasing
+//   them once the loads are issued measured faster; unfiltered vector-path launches of inputs up
+//   to 16 MiB prefetch their input into L2 before the wait (flag kPrefetch). Each thread issues
+//   all its loads before the first use.
+
+#include <kiln/common.cuh>
+#include <kiln/vec.cuh>
+#include <kiln/convert.cuh>
+#include <kiln/pdl.cuh>
+
+namespace kiln_act {
+
+// Keep in sync with ops-activation/src/lib.rs (THREADS, VEC_PER, SCALAR_PER, FLAG_*). Enumerators,
+// not constexpr variables: those would be emitted into the PTX as globals.
+enum : int {
+  kThreads = 256,
+  kVecPer = 1,     // 16-byte vectors per thread and operand (vector path): the serial compute
+                   // after the loads is on the critical path of small launches
+  kScalarPer = 4,  // elements per thread and operand (scalar path)
+};
+
+enum : int { kSilu = 0, kGelu = 1, kGeluTanh = 2 };
+
+enum : int {
+  kVectorPath = 1,
+  kFilterExpert = 2,
+  kFilterSorted = 4,
+  kPrefetch = 8,
+  kEarlyTrigger = 16,
+  kHalfVector = 32,
+};
+
+struct Params {
+  const void* in;                     // rows × in_stride elements of T
+  void* out;                          // rows × out_stride elements of T
+  const int* expert_ids;              // kFilterExpert: ≥ ceil(rows / expert_step) ids
+  const int* sorted_token_ids;        // kFilterSorted: ≥ rows ids
+  const int* num_tokens_post_padded;  // kFilterSorted: one id
+  long long rows;
+  long long d;                        // output width; input width is 2d
+  long long in_stride;                // elements
+  long long out_stride;               // elements
+  unsigned expert_step;               // 1 ≤ expert_step ≤ max(rows, 1)
+  int num_valid_tokens;
+  float clamp;                        // > 0: SiLU clamp limit; 0: none
+  int flags;                          // the flags above
+};
+
+// Default math (fast-math policy of the spec).
+template <int kAct>
+KILN_DEVICE float act_fast(float g) {
+  if constexpr (kAct == kSilu) {
+    return g / (1.0f + expf(-g));
+  } else if constexpr (kAct == kGelu) {
+    // ½(1 + erf(x)) = ½·erfc(-x): no cancellation for g ≪ 0.
+    return g * (0.5f * erfcf(g * -0.70710678118654752f));
+  } else {
+    // -2·√(2/π)·(g + 0.044715 g³) = g·(-c1 - c3·g²)
+    const float z = g * fmaf(-0.07135481627260025f, g * g, -1.5957691216057308f);
+    return g / (1.0f + expf(z));
+  }
+}
+
+// PyTorch eager's order (aten/native/cuda activation kernels, opmath f32), every step IEEE RN.
+template <int kAct>
+KILN_DEVICE float act_exact(float g) {
+  if constexpr (kAct == kSilu) {
+    return __fdiv_rn(g, __fadd_rn(1.0f, expf(-g)));
+  } else if constexpr (kAct == kGelu) {
+    return __fmul_rn(__fmul_rn(g, 0.5f), __fadd_rn(1.0f, erff(__fmul_rn(g, 0.70710678118654752f))));
+  } else {
+    const float cube = __fmul_rn(__fmul_rn(g, g), g);
+    const float inner = __fmul_rn(0.7978845608028654f, __fmaf_rn(0.044715f, cube, g));
+    return __fmul_rn(__fmul_rn(0.5f, g), __fadd_rn(1.0f, tanhf(inner)));
+  }
+}
+
+template <typename T, int kAct, bool kRound>
+KILN_DEVICE T gated(T gate, T up, float clamp) {
+  float g = kiln::to_f32<T>(gate);
+  float u = kiln::to_f32<T>(up);
+  if (clamp > 0.0f) {
+    g = g > clamp ? clamp : g;
+    u = u > clamp ? clamp : (u < -clamp ? -clamp : u);
+  }
+  if constexpr (kRound) {
+    return kiln::from_f32<T>(__fmul_rn(kiln::round_to<T>(act_exact<kAct>(g)), u));
+  } else {
+    return kiln::from_f32<T>(act_fast<kAct>(g) * u);
+  }
+}
+
+// Whether the row filter drops `row` (ids are read here, after the PDL wait). All reads are
+// issued before any is used; every index is in bounds (checked by the host).
+KILN_DEVICE bool row_skipped(const Params& p, long long row) {
+  int expert = 0, token = 0, post_padded = 0;
+  if (p.flags & kFilterExpert) expert = p.expert_ids[static_cast<unsigned>(row) / p.expert_step];
+  if (p.flags & kFilterSorted) {
+    token = p.sorted_token_ids[row];
+    post_padded = *p.num_tokens_post_padded;
+  }
+  bool skip = false;
+  if (p.flags & kFilterExpert) skip = expert == -1;
+  if (p.flags & kFilterSorted) skip = skip || row >= post_padded || token >= p.num_valid_tokens;
+  return skip;
+}
+
+// Warms L2 with this block's share of `row` (gate and up) before the PDL wait, while the
+// predecessor may still run: the DRAM latency then overlaps its tail. A prefetch changes no data
+// and L2 is the GPU's point of coherence, so the loads after the wait still see every write of
+// the predecessor. Host-chosen (kPrefetch) for small unfiltered vector-path launches only: the
+// addresses are 16-byte aligned, no filtered row may be read (and its id only after the wait),
+// and on large launches the extra requests cost more than the early start gains. One thread per
+// row issues two bulk prefetches.
+template <typename T, int N>
+KILN_DEVICE void prefetch_l2(const Params& p, long long row) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  const long long units = static_cast<long long>(static_cast<unsigned long long>(p.d) / N);
+  const long long first = static_cast<long long>(blockIdx.x) * (blockDim.x * kVecPer);
+  const long long last = min(units, first + static_cast<long long>(blockDim.x * kVecPer));
+  // Byte range of this block's units, widened to 16-byte boundaries: on this path the row and
+  // d·sizeof(T) are 16-byte aligned, so the widened range stays inside the row's gate (and up).
+  const long long begin = (first * N * static_cast<long long>(sizeof(T))) & ~15LL;
+  const long long end = (last * N * static_cast<long long>(sizeof(T)) + 15) & ~15LL;
+  const char* gate = reinterpret_cast<const char*>(static_cast<const T*>(p.in) + row * p.in_stride) + begin;
+  const char* up = gate + p.d * static_cast<long long>(sizeof(T));
+  const unsigned bytes = static_cast<unsigned>(end - begin);
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(__cvta_generic_to_global(gate)), "r"(bytes));
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(__cvta_generic_to_global(up)), "r"(bytes));
+#endif
+}
+
+// One thread's share of one row: kPer units of N elements of gate and up, all loaded first, then
+// computed and stored.
+template <typename T, int N, int kPer, int kAct, bool kRound, bool kPdl>
+KILN_DEVICE void row_chunk(const Params& p, long long row) {
+  using V = kiln::Vec<T, N>;
+  const long long units = static_cast<long long>(static_cast<unsigned long long>(p.d) / N);
+  const T* __restrict__ gate = static_cast<const T*>(p.in) + row * p.in_stride;
+  const T* __restrict__ up = gate + p.d;
+  T* __restrict__ out = static_cast<T*>(p.out) + row * p.out_stride;
+  const long long first = static_cast<long long>(blockIdx.x) * (blockDim.x * kPer) + threadIdx.x;
+  V g[kPer], u[kPer];
+#pragma unroll
+  for (int j = 0; j < kPer; ++j) {
+    const long long c = first + static_cast<long long>(j) * blockDim.x;
+    if (c < units) {
+      // Plain (coherent) loads: as fast here as ld.global.nc, and they need no assumption about
+      // the non-coherent cache after the PDL wait.
+      g[j] = kiln::load_vec<T, N>(gate + c * N);
+      u[j] = kiln::load_vec<T, N>(up + c * N);
+    }
+  }
+  if (!(p.flags & kEarlyTrigger)) kiln::pdl_launch_dependents<kPdl>();
+#pragma unroll
+  for (int j = 0; j < kPer; ++j) {
+    const long long c = first + static_cast<long long>(j) * blockDim.x;
+    if (c < units) {
+      V r;
+#pragma unroll
+      for (int k = 0; k < N; ++k) r[k] = gated<T, kAct, kRound>(g[j][k], u[j][k], p.clamp);
+      kiln::store_vec_stream<T, N>(out + c * N, r);
+    }
+  }
+}
+
+}  // namespace kiln_act
+
+template <typename T, int kAct, bool kRound, bool kPdl>
+__global__ void __launch_bounds__(kiln_act::kThreads) act_and_mul_kernel(const kiln_act::Params p) {
+  const long long row = (static_cast<long long>(blockIdx.z) * gridDim.y + blockIdx.y) * blockDim.y + threadIdx.y;
+  if constexpr (kPdl) {
+    if ((p.flags & kiln_act::kPrefetch) && row < p.rows && threadIdx.x == 0) {
+      if (p.flags & kiln_act::kHalfVector) {
+        kiln_act::prefetch_l2<T, kiln::kVec16<T> / 2>(p, row);
+      } else {
+        kiln_act::prefetch_l2<T, kiln::kVec16<T>>(p, row);
+      }
+    }
+  }
+  // Before the first read: the input and the ids may be the predecessor's output, and `out`
+  // may still be read by it.
+  kiln::pdl_wait<kPdl>();
+  if (p.flags & kiln_act::kEarlyTrigger) kiln::pdl_launch_dependents<kPdl>();
+  if (row >= p.rows) return;
+  if ((p.flags & (kiln_act::kFilterExpert | kiln_act::kFilterSorted)) && kiln_act::row_skipped(p, row)) return;
+  if (p.flags & kiln_act::kHalfVector) {
+    kiln_act::row_chunk<T, kiln::kVec16<T> / 2, kiln_act::kVecPer, kAct, kRound, kPdl>(p, row);
+  } else if (p.flags & kiln_act::kVectorPath) {
+    kiln_act::row_chunk<T, kiln::kVec16<T>, kiln_act::kVecPer, kAct, kRound, kPdl>(p, row);
+  } else {
+    kiln_act::row_chunk<T, 1, kiln_act::kScalarPer, kAct, kRound, kPdl>(p, row);
+  }
+}

@@ -1,0 +1,255 @@
+//! T0: validation, launch geometry and the spec table, without a GPU.
+
+use super::*;
+use crate::plan::*;
+use kiln_runtime::LaunchConfig;
+
+fn req(shape: Shape, in_len: usize, out_len: usize) -> Request {
+    Request { op: "silu_and_mul", act: Activation::Silu, shape, in_len, out_len, exact: false, expert: None, sorted: None, clamp: None }
+}
+
+fn contiguous(rows: usize, d: usize) -> Request {
+    Request { exact: true, ..req(Shape::contiguous(rows, d), rows * 2 * d, rows * d) }
+}
+
+fn err(r: &Request) -> String {
+    match validate(r) {
+        Err(Error::InvalidArgument { op, reason }) => {
+            assert_eq!(op, r.op);
+            reason
+        }
+        other => panic!("expected InvalidArgument, got {other:?}"),
+    }
+}
+
+#[test]
+fn valid_shapes_plan_the_launch() {
+    let p = validate(&contiguous(7, 16)).unwrap().unwrap();
+    assert_eq!((p.rows, p.d, p.in_stride, p.out_stride, p.filter_flags, p.expert_step), (7, 16, 32, 16, 0, 1));
+    let p = validate(&req(Shape::strided(3, 5, 11, 6), 2 * 11 + 10, 2 * 6 + 5)).unwrap().unwrap();
+    assert_eq!((p.in_stride, p.out_stride), (11, 6));
+}
+
+#[test]
+fn empty_work_launches_nothing() {
+    assert_eq!(validate(&contiguous(0, 4096)).unwrap(), None);
+    assert_eq!(validate(&contiguous(5, 0)).unwrap(), None);
+    // Strides are irrelevant when there are no rows.
+    assert_eq!(validate(&req(Shape::strided(0, 8, 0, 0), 0, 0)).unwrap(), None);
+}
+
+#[test]
+fn bad_lengths_and_strides_are_rejected_with_their_values() {
+    // Odd input width (rows × 2d+1) / d mismatch in the contiguous forms.
+    let r = Request { in_len: 7 * 33, ..contiguous(7, 16) };
+    assert!(err(&r).contains("input.len()=231 != rows*2*d=224"), "{}", err(&r));
+    let r = Request { out_len: 7 * 15, ..contiguous(7, 16) };
+    assert!(err(&r).contains("out.len()=105 != rows*d=112"), "{}", err(&r));
+    // Strided: strides below the widths, buffers that do not cover the rows.
+    assert!(err(&req(Shape::strided(4, 8, 15, 8), 1000, 1000)).contains("in_row_stride=15 < 2*d=16"));
+    assert!(err(&req(Shape::strided(4, 8, 16, 7), 1000, 1000)).contains("out_row_stride=7 < d=8"));
+    let e = err(&req(Shape::strided(4, 8, 20, 8), 3 * 20 + 15, 32));
+    assert!(e.contains("input.len()=75 < (rows-1)*in_row_stride+2*d=76"), "{e}");
+    let e = err(&req(Shape::strided(4, 8, 20, 10), 76, 3 * 10 + 7));
+    assert!(e.contains("out.len()=37 < (rows-1)*out_row_stride+d=38"), "{e}");
+    // Index math that would overflow.
+    let e = err(&req(Shape::strided(1 << 20, 1 << 10, usize::MAX / 2, 1 << 10), usize::MAX, usize::MAX));
+    assert!(e.contains("overflows"), "{e}");
+    let e = err(&Request { exact: true, ..req(Shape::contiguous(usize::MAX / 2, 4), 0, 0) });
+    assert!(e.contains("overflows"), "{e}");
+    assert!(err(&req(Shape::contiguous(MAX_ROWS + 1, 1), usize::MAX, usize::MAX)).contains("rows=2147483648 exceeds"));
+    assert!(err(&req(Shape::contiguous(1, MAX_D + 1), usize::MAX, usize::MAX)).contains("d=2147483648 exceeds 2147483647"));
+    validate(&req(Shape::contiguous(1, MAX_D), 2 * MAX_D, MAX_D)).unwrap();
+    validate(&req(Shape::contiguous(MAX_ROWS, 1), 2 * MAX_ROWS, MAX_ROWS)).unwrap();
+}
+
+#[test]
+fn filters_are_checked() {
+    let base = contiguous(100, 64);
+    let r = Request { expert: Some((10, 0)), ..base };
+    assert!(err(&r).contains("expert_step=0"));
+    // expert_step = 0 is refused even when there is nothing to do.
+    assert!(err(&Request { expert: Some((10, 0)), ..contiguous(0, 64) }).contains("expert_step=0"));
+    let r = Request { expert: Some((9, 11)), ..base };
+    assert!(err(&r).contains("expert_ids.len()=9 * expert_step=11 < rows=100"), "{}", err(&r));
+    let p = validate(&Request { expert: Some((10, 10)), ..base }).unwrap().unwrap();
+    assert_eq!((p.filter_flags, p.expert_step), (FLAG_EXPERT, 10));
+    // A huge step reads id 0 for every row: passed to the kernel as `rows`.
+    let p = validate(&Request { expert: Some((1, usize::MAX)), ..base }).unwrap().unwrap();
+    assert_eq!(p.expert_step, 100);
+    let r = Request { sorted: Some((99, 1, 50)), ..base };
+    assert!(err(&r).contains("sorted_token_ids.len()=99 < rows=100"));
+    let r = Request { sorted: Some((100, 0, 50)), ..base };
+    assert!(err(&r).contains("num_tokens_post_padded is empty"));
+    let r = Request { sorted: Some((100, 1, i32::MAX as usize + 1)), ..base };
+    assert!(err(&r).contains("num_valid_tokens=2147483648"));
+    let p = validate(&Request { sorted: Some((100, 1, 77)), expert: Some((4, 32)), ..base }).unwrap().unwrap();
+    assert_eq!((p.filter_flags, p.num_valid_tokens, p.expert_step), (FLAG_EXPERT | FLAG_SORTED, 77, 32));
+}
+
+#[test]
+fn clamp_is_checked() {
+    let base = contiguous(4, 64);
+    assert_eq!(validate(&Request { clamp: Some((7.0, 7.0)), ..base }).unwrap().unwrap().clamp, 7.0);
+    assert!(err(&Request { clamp: Some((7.0, 7.0)), act: Activation::Gelu, ..base }).contains("SiLU only, not gelu"));
+    assert!(err(&Request { clamp: Some((0.0, 0.0)), ..base }).contains("clamp_limit=0"));
+    assert!(err(&Request { clamp: Some((f32::NAN, f32::NAN)), ..base }).contains("must be finite"));
+    assert!(err(&Request { clamp: Some((1e6, f32::INFINITY)), ..base }).contains("rounds to inf"));
+    assert_eq!(effective_clamp_limit::<f16>(1e6), f32::INFINITY);
+    assert_eq!(effective_clamp_limit::<bf16>(7.03), 7.03125);
+    assert_eq!(effective_clamp_limit::<f32>(7.03), 7.03);
+}
+
+fn plan(rows: u64, d: u64, in_stride: u64, out_stride: u64) -> Plan {
+    Plan { rows, d, in_stride, out_stride, expert_step: 1, num_valid_tokens: 0, clamp: 0.0, filter_flags: 0 }
+}
+
+#[test]
+fn vector_path_needs_aligned_pointers_strides_and_width() {
+    let p = plan(4, 4096, 8192, 4096);
+    assert!(vector_path(&p, 0x1000, 0x2000, 2));
+    assert!(!vector_path(&p, 0x1002, 0x2000, 2));
+    assert!(!vector_path(&p, 0x1000, 0x2008, 2));
+    assert!(!vector_path(&plan(4, 4100, 8200, 4100), 0x1000, 0x2000, 2));
+    assert!(vector_path(&plan(4, 4096, 8200, 4096), 0x1000, 0x2000, 2)); // 8200 % 8 == 0
+    assert!(!vector_path(&plan(4, 4096, 8196, 4096), 0x1000, 0x2000, 2));
+    assert!(!vector_path(&plan(4, 4096, 8192, 4097), 0x1000, 0x2000, 2));
+    // f32: 4 lanes.
+    assert!(vector_path(&plan(4, 1000, 2000, 1000), 0x1000, 0x2000, 4));
+    assert!(!vector_path(&plan(4, 1002, 2004, 1002), 0x1000, 0x2000, 4));
+}
+
+/// Every thread slot of a launch, as the kernel computes it: (row, unit) pairs.
+fn covered(cfg: &LaunchConfig, rows: u64, units: u64, per: u64) -> Vec<u8> {
+    let (tx, ty) = (cfg.block.0 as u64, cfg.block.1 as u64);
+    let mut seen = vec![0u8; (rows * units) as usize];
+    for bz in 0..cfg.grid.2 as u64 {
+        for by in 0..cfg.grid.1 as u64 {
+            for bx in 0..cfg.grid.0 as u64 {
+                for y in 0..ty {
+                    let row = (bz * cfg.grid.1 as u64 + by) * ty + y;
+                    if row >= rows {
+                        continue;
+                    }
+                    for x in 0..tx {
+                        for j in 0..per {
+                            let c = bx * tx * per + x + j * tx;
+                            if c < units {
+                                seen[(row * units + c) as usize] += 1;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    seen
+}
+
+#[test]
+fn geometry_covers_every_unit_once() {
+    // (rows, d, elem, vector) → every (row, unit) is covered by exactly one thread slot.
+    for &(rows, d, elem, vector) in &[
+        (1u64, 4096u64, 2usize, true),
+        (128, 14336, 2, true),
+        (7, 16, 2, true),
+        (83, 1024, 4, true),
+        (5, 1, 2, false),
+        (3, 3, 4, false),
+        (17, 1000, 2, false),
+        (2, 65536, 2, true),
+        (9, 129, 2, false),
+        (300, 8, 2, true),
+    ] {
+        let units_of = if vector { vec![(16 / elem) as u64, (8 / elem) as u64] } else { vec![1] };
+        for lanes in units_of {
+            for threads in [SMALL_THREADS, THREADS] {
+                let p = plan(rows, d, 2 * d, d);
+                let per = if vector { VEC_PER } else { SCALAR_PER };
+                let cfg = geometry(&p, lanes, per, threads);
+                assert_eq!(cfg.block.0 as u64 * cfg.block.1 as u64, threads);
+                assert_eq!(cfg.block.2, 1);
+                let seen = covered(&cfg, rows, d / lanes, per);
+                assert!(seen.iter().all(|&s| s == 1), "rows={rows} d={d} lanes={lanes} threads={threads}: {cfg:?}");
+            }
+        }
+    }
+    // The benchmark shapes: one row of d = 4096 bf16 is 512 vectors, two blocks of 256 threads.
+    let cfg = geometry(&plan(1, 4096, 8192, 4096), 8, VEC_PER, THREADS);
+    assert_eq!((cfg.grid, cfg.block), ((2, 1, 1), (256, 1, 1)));
+    let cfg = geometry(&plan(128, 14336, 28672, 14336), 8, VEC_PER, THREADS);
+    assert_eq!((cfg.grid, cfg.block), ((7, 128, 1), (256, 1, 1)));
+    // Narrow rows pack several rows per block.
+    let cfg = geometry(&plan(7, 16, 32, 16), 8, VEC_PER, THREADS);
+    assert_eq!((cfg.grid, cfg.block), ((1, 1, 1), (2, 128, 1)));
+    // More row blocks than gridDim.y holds spill into z; the surplus blocks of the last z slice
+    // fall past the last row (the kernel returns for them).
+    let rows = 65535 * 3 + 17;
+    let cfg = geometry(&plan(rows, 2048, 4096, 2048), 8, VEC_PER, THREADS);
+    assert_eq!((cfg.grid, cfg.block), ((1, 65535, 4), (256, 1, 1)));
+    let cfg = geometry(&plan(MAX_ROWS as u64, 1, 2, 1), 1, SCALAR_PER, THREADS);
+    assert_eq!((cfg.grid, cfg.block), ((1, 65535, 129), (1, 256, 1)));
+    assert!(cfg.grid.1 as u64 * cfg.grid.2 as u64 * 256 >= MAX_ROWS as u64);
+    let cfg = geometry(&plan(1, MAX_D as u64, 2 * MAX_D as u64, MAX_D as u64), 1, SCALAR_PER, THREADS);
+    assert_eq!(cfg.grid.0 as u64, (MAX_D as u64).div_ceil(THREADS * SCALAR_PER));
+}
+
+#[test]
+fn launch_policy_by_size_path_and_filter() {
+    // 1 × 2·4096 bf16 (16 KiB): half vectors, small blocks, dependents released after the
+    // loads, prefetch.
+    let (cfg, flags) = launch_config(&plan(1, 4096, 8192, 4096), true, 2);
+    assert_eq!((cfg.grid, cfg.block), ((8, 1, 1), (128, 1, 1)));
+    assert_eq!(flags, FLAG_VECTOR | FLAG_PREFETCH | FLAG_HALF_VECTOR);
+    // 8 × 2·4096 bf16 (128 KiB): full vectors, small blocks.
+    let (cfg, flags) = launch_config(&plan(8, 4096, 8192, 4096), true, 2);
+    assert_eq!((cfg.grid, cfg.block), ((4, 8, 1), (128, 1, 1)));
+    assert_eq!(flags, FLAG_VECTOR | FLAG_PREFETCH);
+    // 128 × 2·4096 bf16 (2 MiB): full blocks, early release, prefetch.
+    let (cfg, flags) = launch_config(&plan(128, 4096, 8192, 4096), true, 2);
+    assert_eq!(cfg.block, (256, 1, 1));
+    assert_eq!(flags, FLAG_VECTOR | FLAG_PREFETCH | FLAG_EARLY_TRIGGER);
+    // 2048 × 2·14336 bf16 (117 MiB): no prefetch.
+    assert_eq!(launch_config(&plan(2048, 14336, 28672, 14336), true, 2).1, FLAG_VECTOR | FLAG_EARLY_TRIGGER);
+    // Scalar path and filtered launches never prefetch.
+    assert_eq!(launch_config(&plan(128, 4096, 8192, 4096), false, 2).1, FLAG_EARLY_TRIGGER);
+    let filtered = Plan { filter_flags: FLAG_EXPERT, ..plan(128, 4096, 8192, 4096) };
+    assert_eq!(launch_config(&filtered, true, 2).1, FLAG_EXPERT | FLAG_VECTOR | FLAG_EARLY_TRIGGER);
+}
+
+#[test]
+fn overlapping_buffers_are_rejected() {
+    disjoint("op", 0x1000, 64, 0x1080, 64, 2).unwrap();
+    disjoint("op", 0x1080, 64, 0x1000, 64, 2).unwrap();
+    assert!(disjoint("op", 0x1000, 65, 0x1080, 64, 2).is_err());
+    assert!(disjoint("op", 0x1000, 64, 0x1000, 1, 2).is_err());
+    disjoint("op", 0x1000, 0, 0x1000, 8, 2).unwrap();
+}
+
+#[test]
+fn spec_table_is_complete_and_indexed() {
+    let specs = kernel_specs();
+    assert_eq!(specs.len(), 36);
+    let mut names = std::collections::HashSet::new();
+    for dt in DTYPES {
+        for act in Activation::ALL {
+            for rounding in [Rounding::Once, Rounding::Activation] {
+                for pdl in [false, true] {
+                    let s = &specs[spec_index(dt, act, rounding, pdl)];
+                    assert!(names.insert(s.name().to_string()));
+                    assert_eq!(s.is_pdl(), pdl);
+                    assert!(s.name().starts_with(act.op()) && s.name().contains(dt.tag()), "{}", s.name());
+                    let round = rounding == Rounding::Activation;
+                    assert_eq!(s.expr(), format!("act_and_mul_kernel<{}, {}, {round}, {pdl}>", dt.cpp(), act as usize));
+                    let math = if round { MathPolicy::Fixed(FastMath::PRECISE) } else { MathPolicy::ArchDefault };
+                    assert_eq!(s.math_policy(), math);
+                    assert_eq!(params_bytes(s), Some(ffi::PARAMS_BYTES));
+                }
+            }
+        }
+    }
+    assert_eq!(specs[spec_index(DtypeId::Bf16, Activation::Silu, Rounding::Once, true)].name(), "silu_and_mul__bf16__pdl");
+    assert_eq!(specs[spec_index(DtypeId::F16, Activation::GeluTanh, Rounding::Activation, false)].name(), "gelu_tanh_and_mul__f16__round");
+    static OTHER: KernelSource = KernelSource { name: "x.cuh", text: "", headers: &[] };
+    assert_eq!(params_bytes(&KernelSpec::new("x", &OTHER, "x")), None);
+}
