@@ -1,8 +1,70 @@
-//! Benchmarks of kiln-rmsnorm (shapes from the issue and `../shared/peers/bench_peers.py`).
+//! Benchmarks of kiln-rmsnorm (shapes from the issue and `../shared/peers/bench_peers.py`):
+//! `rmsnorm_hf` (paired with SGLang and torch.compile), plus `rms_norm` (fp32 form) and
+//! `fused_add_rms_norm` at a few shapes under their own names (no peer).
 
-use super::Ctx;
+use half::bf16;
+use kiln_rmsnorm::{Norm, Shape};
+use kiln_runtime::cudarc::driver::CudaSlice;
+
+use super::{Ctx, sets_for};
+
+/// Calls captured per graph: at least this many (cycling over the input sets), so that a replay's
+/// launch overhead is amortised as in the peers' `do_bench_cudagraph`, which captures hundreds of
+/// calls per graph; with a single large set it would otherwise add microseconds to one call.
+const MIN_CALLS: usize = 16;
+
+/// `n` bf16 values in [-2, 2), deterministic (the values do not affect the timing).
+fn data(n: usize, salt: u32) -> Vec<bf16> {
+    (0..n as u32).map(|i| bf16::from_f32(((i.wrapping_mul(2_654_435_761) ^ salt) >> 8) as f32 / (1u32 << 24) as f32 * 4.0 - 2.0)).collect()
+}
+
+fn upload_sets(c: &Ctx, host: &[bf16], sets: usize) -> anyhow::Result<Vec<CudaSlice<bf16>>> {
+    (0..sets).map(|_| Ok(c.rt.stream().clone_htod(host)?)).collect()
+}
 
 /// Times every shape.
-pub fn run(_c: &mut Ctx) -> anyhow::Result<()> {
+pub fn run(c: &mut Ctx) -> anyhow::Result<()> {
+    let toks: &[usize] = if c.quick { &[1, 32, 256, 2048, 8192] } else { &[1, 8, 32, 128, 512, 2048, 8192, 16384] };
+    for h in [128usize, 4096, 8192] {
+        let extra: &[usize] = if h == 128 { &[65536] } else { &[] };
+        for &t in toks.iter().chain(extra) {
+            let bytes = 2 * t * h * 2 + h * 2;
+            let sets = sets_for(bytes);
+            let xs = upload_sets(c, &data(t * h, 1), sets)?;
+            let mut outs = upload_sets(c, &data(t * h, 2), sets)?;
+            let w = c.rt.stream().clone_htod(&data(h, 3))?;
+            let rt = c.rt.clone();
+            let shape = Shape::new(t, h);
+            let us =
+                c.time(sets.max(MIN_CALLS), |i| kiln_rmsnorm::rms_norm_hf(&rt, &xs[i % sets], &w, &mut outs[i % sets], shape, 1e-6))?;
+            c.record("rmsnorm_hf", &format!("{t}x{h}"), us, bytes as f64, None)?;
+        }
+    }
+
+    let shapes: &[(usize, usize)] =
+        if c.quick { &[(1, 4096), (2048, 4096)] } else { &[(1, 4096), (128, 4096), (2048, 4096), (16384, 4096), (16384, 8192)] };
+    for &(t, h) in shapes {
+        let shape = Shape::new(t, h);
+        let w = c.rt.stream().clone_htod(&data(h, 3))?;
+        let rt = c.rt.clone();
+
+        let bytes = 2 * t * h * 2 + h * 2;
+        let sets = sets_for(bytes);
+        let xs = upload_sets(c, &data(t * h, 1), sets)?;
+        let mut outs = upload_sets(c, &data(t * h, 2), sets)?;
+        let us =
+            c.time(sets.max(MIN_CALLS), |i| kiln_rmsnorm::rms_norm(&rt, &xs[i % sets], &w, &mut outs[i % sets], shape, Norm::fp32(1e-6)))?;
+        c.record("rms_norm", &format!("{t}x{h}"), us, bytes as f64, None)?;
+
+        // Reads x and residual, writes both.
+        let bytes = 4 * t * h * 2 + h * 2;
+        let sets = sets_for(bytes);
+        let mut xs = upload_sets(c, &data(t * h, 1), sets)?;
+        let mut rs = upload_sets(c, &data(t * h, 4), sets)?;
+        let us = c.time(sets.max(MIN_CALLS), |i| {
+            kiln_rmsnorm::fused_add_rms_norm(&rt, &mut xs[i % sets], &mut rs[i % sets], &w, shape, Norm::hf(1e-6))
+        })?;
+        c.record("fused_add_rms_norm", &format!("{t}x{h}"), us, bytes as f64, None)?;
+    }
     Ok(())
 }

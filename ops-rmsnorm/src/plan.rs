@@ -1,0 +1,493 @@
+//! Validation of a call and the choice of kernel and launch shape: pure functions of the shape,
+//! the buffer lengths and the pointers' alignment (no GPU needed, unit-tested in T0).
+
+use kiln_runtime::{Error, Result, ensure};
+
+use crate::{Norm, Shape};
+
+/// Largest supported `hidden` (2^27 elements): keeps every in-row index in 32 bits and the
+/// two-pass kernel's binary counter within its fixed depth.
+pub const MAX_HIDDEN: usize = 1 << 27;
+
+/// Depth of the two-pass kernel's binary counter (`kStreamLevels` in rmsnorm.cuh).
+const STREAM_LEVELS: u32 = 28;
+
+/// Largest CTA of each kernel (`__launch_bounds__` in rmsnorm.cuh): K = 1 / other K / two-pass.
+const MAX_THREADS_K1: usize = 256;
+const MAX_THREADS: usize = 512;
+
+/// Threads per CTA targeted when several rows share a CTA.
+const ROWS_CTA_THREADS: usize = 256;
+
+/// Several rows per thread once a one-row-per-thread grid would take more than this many waves
+/// of resident CTAs (counting 2048 threads per SM): small grids are latency-bound and keep the
+/// lighter one-row kernel.
+const MULTI_ROW_WAVES: usize = 3;
+
+/// A launch shape of the kernels (they all give bit-identical results; tests force each one).
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Variant {
+    /// log2 of the threads per row (0..=9; at most 256 threads for `chunks_per_thread == 1`).
+    pub log2_group: u32,
+    /// Chunks of 16 bytes per thread held in registers (1, 2 or 4), or 0 for the two-pass kernel.
+    pub chunks_per_thread: u32,
+    /// Rows each thread holds (1..=[`max_rows`]; always 1 with element-wise accesses); 0: chosen
+    /// from the row count.
+    pub rows_per_thread: u32,
+    /// Element-wise accesses even where 16-byte ones are possible.
+    pub scalar: bool,
+}
+
+/// Most rows a thread holds (the `kRows` of the multi-row unfused kernels in rmsnorm.cuh); 1 for
+/// the fused, K = 4 and two-pass kernels.
+pub fn max_rows(chunks_per_thread: u32, fused: bool) -> u32 {
+    match (chunks_per_thread, fused) {
+        (1, false) => 4,
+        (2, false) => 2,
+        _ => 1,
+    }
+}
+
+/// Which kernel template runs (index into the spec table's kernel axis).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Rows1,
+    Rows2,
+    Rows4,
+    Stream,
+    /// K = 1, up to 4 rows per thread (unfused only).
+    Rows1x4,
+    /// K = 2, up to 2 rows per thread (unfused only).
+    Rows2x2,
+}
+
+impl Kind {
+    /// Kernels of the unfused op.
+    pub(crate) const PLAIN: [Kind; 6] = [Kind::Rows1, Kind::Rows2, Kind::Rows4, Kind::Stream, Kind::Rows1x4, Kind::Rows2x2];
+    /// Kernels of the fused op.
+    pub(crate) const FUSED: [Kind; 4] = [Kind::Rows1, Kind::Rows2, Kind::Rows4, Kind::Stream];
+
+    pub(crate) fn index(self) -> usize {
+        self as usize
+    }
+
+    /// (chunks per thread, most rows per thread) of a register kernel; None for the two-pass one.
+    pub(crate) fn shape(self) -> Option<(u32, u32)> {
+        match self {
+            Kind::Rows1 => Some((1, 1)),
+            Kind::Rows2 => Some((2, 1)),
+            Kind::Rows4 => Some((4, 1)),
+            Kind::Rows1x4 => Some((1, 4)),
+            Kind::Rows2x2 => Some((2, 2)),
+            Kind::Stream => None,
+        }
+    }
+}
+
+/// A buffer as seen by validation: device address and length in elements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Buf {
+    pub ptr: u64,
+    pub len: usize,
+}
+
+/// Everything validation looks at.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Request {
+    pub op: &'static str,
+    /// Bytes per activation element.
+    pub elem: usize,
+    /// Bytes per weight element.
+    pub weight_elem: usize,
+    pub shape: Shape,
+    pub norm: Norm,
+    pub x: Buf,
+    /// `None`: the output is `x` itself (in place, `out_stride` must equal `x_stride`).
+    pub out: Option<Buf>,
+    /// Fused add: the residual (read and written).
+    pub residual: Option<Buf>,
+    pub weight: Buf,
+    pub force: Option<Variant>,
+    /// Streaming multiprocessors of the device (for the rows-per-thread choice).
+    pub sms: usize,
+}
+
+/// A validated launch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Plan {
+    pub kind: Kind,
+    pub log2_group: u32,
+    pub iters_log2: u32,
+    pub rows_per_thread: u32,
+    pub block: u32,
+    pub grid: u32,
+    pub vec: bool,
+    pub chunks: usize,
+}
+
+/// Elements per 16-byte chunk for an element of `elem` bytes.
+pub(crate) fn chunk_elems(elem: usize) -> usize {
+    16 / elem
+}
+
+fn log2(n: usize) -> u32 {
+    debug_assert!(n.is_power_of_two());
+    n.trailing_zeros()
+}
+
+/// Rows up to which a row of 1024 chunks (hidden 8192 in 16-bit types) uses 512 threads of two
+/// chunks (shorter per-thread chains for latency-bound calls) rather than 256 threads of four.
+const WIDE_ROWS_MAX: usize = 128;
+
+/// The launch shape used unless a test forces another one: several rows per CTA up to 32
+/// chunks (hidden 256 in 16-bit types), a warp per row up to 128 chunks, a CTA per row (two chunks
+/// a thread up to 512 chunks, four beyond, except for few rows of 1024 chunks) with the row in
+/// registers up to 2048 chunks (hidden 16384), the two-pass kernel (512 threads) beyond.
+pub fn default_variant(chunks: usize, rows: usize) -> Variant {
+    let cp = chunks.max(1).next_power_of_two();
+    let (log2_group, chunks_per_thread) = match cp {
+        1..=32 => (log2(cp), 1),
+        64 | 128 => (5, (cp / 32) as u32),
+        256 | 512 => (log2(cp / 2), 2),
+        1024 if rows <= WIDE_ROWS_MAX => (9, 2),
+        1024 | 2048 => (log2(cp / 4), 4),
+        _ => (9, 0),
+    };
+    Variant { log2_group, chunks_per_thread, rows_per_thread: 0, scalar: false }
+}
+
+/// Every launch shape that can run rows of `chunks` chunks (for tests that compare them), with
+/// each allowed number of rows per thread.
+pub fn variants(chunks: usize, fused: bool) -> Vec<Variant> {
+    let mut v = Vec::new();
+    for log2_group in 0..=9 {
+        for chunks_per_thread in [0, 1, 2, 4] {
+            for rows_per_thread in 1..=max_rows(chunks_per_thread, fused) {
+                for scalar in [false, true].into_iter().filter(|&s| !s || rows_per_thread == 1) {
+                    let cand = Variant { log2_group, chunks_per_thread, rows_per_thread, scalar };
+                    if check_variant(cand, chunks, fused).is_ok() {
+                        v.push(cand);
+                    }
+                }
+            }
+        }
+    }
+    v
+}
+
+/// Why `v` cannot run rows of `chunks` chunks, if it cannot.
+fn check_variant(v: Variant, chunks: usize, fused: bool) -> std::result::Result<(), String> {
+    let cp = chunks.max(1).next_power_of_two();
+    let g = 1usize << v.log2_group.min(31);
+    let max = if v.chunks_per_thread == 1 { MAX_THREADS_K1 } else { MAX_THREADS };
+    if g > max {
+        return Err(format!("{g} threads per row exceed this kernel's {max}"));
+    }
+    let max_r = max_rows(v.chunks_per_thread, fused);
+    if v.rows_per_thread > max_r {
+        return Err(format!("rows_per_thread={} > {max_r} for this kernel", v.rows_per_thread));
+    }
+    match v.chunks_per_thread {
+        0 => {
+            if v.log2_group < 5 {
+                return Err(format!("the two-pass kernel needs whole warps (log2_group={} < 5)", v.log2_group));
+            }
+            let iters = (cp / g).max(1);
+            if log2(iters) >= STREAM_LEVELS {
+                return Err(format!("{iters} chunk slots per thread exceed the two-pass kernel's counter"));
+            }
+        }
+        k @ (1 | 2 | 4) => {
+            if k > 1 && v.log2_group < 5 {
+                return Err(format!("chunks_per_thread={k} needs whole warps per row (log2_group={} < 5)", v.log2_group));
+            }
+            if g * (k as usize) < cp {
+                return Err(format!("{g} threads × {k} chunks cannot hold {chunks} chunks"));
+            }
+        }
+        k => return Err(format!("chunks_per_thread={k} is not 0, 1, 2 or 4")),
+    }
+    Ok(())
+}
+
+fn needed(op: &'static str, what: &str, rows: usize, stride: usize, hidden: usize) -> Result<usize> {
+    if rows == 0 {
+        return Ok(0);
+    }
+    (rows - 1)
+        .checked_mul(stride)
+        .and_then(|n| n.checked_add(hidden))
+        .ok_or_else(|| Error::invalid(op, format!("(rows-1)*{what}+hidden overflows: rows={rows}, {what}={stride}, hidden={hidden}")))
+}
+
+fn check_buf(r: &Request, name: &str, stride_name: &str, b: Buf, stride: usize) -> Result<()> {
+    let Shape { rows, hidden, .. } = r.shape;
+    ensure!(stride >= hidden, r.op, "{stride_name}={stride} < hidden={hidden}");
+    let need = needed(r.op, stride_name, rows, stride, hidden)?;
+    ensure!(b.len >= need, r.op, "{name}.len()={} < (rows-1)*{stride_name}+hidden={need} (rows={rows}, hidden={hidden})", b.len);
+    ensure!(b.ptr.is_multiple_of(r.elem as u64), r.op, "{name} at {:#x} is not aligned to its {}-byte elements", b.ptr, r.elem);
+    Ok(())
+}
+
+/// Validates a call and chooses its launch; `Ok(None)` when there is nothing to do (rows == 0).
+pub(crate) fn plan(r: &Request) -> Result<Option<Plan>> {
+    let op = r.op;
+    let Shape { rows, hidden, x_stride, out_stride, residual_stride } = r.shape;
+    let eps = r.norm.eps;
+    ensure!(eps.is_finite() && eps > 0.0, op, "eps={eps} must be finite and > 0");
+    ensure!(hidden >= 1, op, "hidden=0: a row must have at least one element");
+    ensure!(hidden <= MAX_HIDDEN, op, "hidden={hidden} exceeds the supported maximum {MAX_HIDDEN}");
+    ensure!(rows <= i32::MAX as usize, op, "rows={rows} exceeds {}", i32::MAX);
+    ensure!(r.weight.len == hidden, op, "weight.len()={} != hidden={hidden}", r.weight.len);
+    ensure!(
+        r.weight.ptr.is_multiple_of(r.weight_elem as u64),
+        op,
+        "weight at {:#x} is not aligned to its {}-byte elements",
+        r.weight.ptr,
+        r.weight_elem
+    );
+    check_buf(r, "x", "x_stride", r.x, x_stride)?;
+    match r.out {
+        Some(out) => check_buf(r, "out", "out_stride", out, out_stride)?,
+        None => ensure!(out_stride == x_stride, op, "in place: out_stride={out_stride} != x_stride={x_stride}"),
+    }
+    if let Some(res) = r.residual {
+        check_buf(r, "residual", "residual_stride", res, residual_stride)?;
+    }
+    if rows == 0 {
+        return Ok(None);
+    }
+
+    let v = chunk_elems(r.elem);
+    let chunks = hidden.div_ceil(v);
+    let fused = r.residual.is_some();
+    let var = r.force.unwrap_or_else(|| default_variant(chunks, rows));
+    check_variant(var, chunks, fused).map_err(|e| Error::invalid(op, format!("variant {var:?}: {e}")))?;
+
+    let row_aligned = |b: Buf, stride: usize| b.ptr.is_multiple_of(16) && (rows == 1 || stride.is_multiple_of(v));
+    let vec = !var.scalar
+        && hidden.is_multiple_of(v)
+        && r.weight.ptr.is_multiple_of(16)
+        && row_aligned(r.x, x_stride)
+        && r.out.is_none_or(|o| row_aligned(o, out_stride))
+        && r.residual.is_none_or(|b| row_aligned(b, residual_stride));
+
+    let cp = chunks.next_power_of_two();
+    let g = 1usize << var.log2_group;
+    let (kind, block, grid, iters_log2, rows_per_thread) = match var.chunks_per_thread {
+        0 => (Kind::Stream, g, rows, log2((cp / g).max(1)), 1),
+        k => {
+            // Rows handled by one CTA per row held by a thread.
+            let (block, rows_per_slot) = if var.log2_group <= 5 {
+                let per_cta = (ROWS_CTA_THREADS >> var.log2_group).min(rows.next_power_of_two());
+                let block = (per_cta << var.log2_group).max(32);
+                (block, block >> var.log2_group)
+            } else {
+                (g, 1)
+            };
+            let most = max_rows(k, fused) as usize;
+            let resident = r.sms * (2048 / block).min(32);
+            // The element-wise path holds one row per thread (rmsnorm.cuh).
+            let n = match var.rows_per_thread {
+                _ if !vec => 1,
+                0 if rows.div_ceil(rows_per_slot) > MULTI_ROW_WAVES * resident => most,
+                0 => 1,
+                n => n as usize,
+            };
+            let kind = match (k, n > 1) {
+                (1, false) => Kind::Rows1,
+                (2, false) => Kind::Rows2,
+                (1, true) => Kind::Rows1x4,
+                (2, true) => Kind::Rows2x2,
+                _ => Kind::Rows4,
+            };
+            (kind, block, rows.div_ceil(rows_per_slot * n), 0, n as u32)
+        }
+    };
+    Ok(Some(Plan { kind, log2_group: var.log2_group, iters_log2, rows_per_thread, block: block as u32, grid: grid as u32, vec, chunks }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Norm;
+
+    fn req(rows: usize, hidden: usize) -> Request {
+        let n = rows * hidden;
+        Request {
+            op: "test",
+            elem: 2,
+            weight_elem: 2,
+            shape: Shape::new(rows, hidden),
+            norm: Norm::hf(1e-6),
+            x: Buf { ptr: 0x1000, len: n },
+            out: Some(Buf { ptr: 0x9000_0000, len: n }),
+            residual: None,
+            weight: Buf { ptr: 0x2000, len: hidden },
+            force: None,
+            sms: 132,
+        }
+    }
+
+    fn err(r: &Request) -> String {
+        match plan(r) {
+            Err(Error::InvalidArgument { op: "test", reason }) => reason,
+            other => panic!("expected InvalidArgument, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_inputs_name_their_values() {
+        let mut r = req(4, 4096);
+        r.norm.eps = 0.0;
+        assert_eq!(err(&r), "eps=0 must be finite and > 0");
+        r.norm.eps = f32::NAN;
+        assert!(err(&r).contains("eps=NaN"));
+        r.norm.eps = f32::INFINITY;
+        assert!(err(&r).contains("eps=inf"));
+        r.norm.eps = -1e-6;
+        assert!(err(&r).contains("eps=-0.000001"));
+
+        let mut r = req(4, 4096);
+        r.weight.len = 4095;
+        assert_eq!(err(&r), "weight.len()=4095 != hidden=4096");
+        let mut r = req(4, 4096);
+        r.x.len = 4 * 4096 - 1;
+        assert_eq!(err(&r), "x.len()=16383 < (rows-1)*x_stride+hidden=16384 (rows=4, hidden=4096)");
+        let mut r = req(4, 4096);
+        r.out = Some(Buf { ptr: 0x9000_0000, len: 100 });
+        assert!(err(&r).starts_with("out.len()=100 < "));
+        let mut r = req(4, 4096);
+        r.shape.x_stride = 4000;
+        assert_eq!(err(&r), "x_stride=4000 < hidden=4096");
+        let mut r = req(4, 4096);
+        r.shape.out_stride = 8192;
+        assert_eq!(err(&r), "out.len()=16384 < (rows-1)*out_stride+hidden=28672 (rows=4, hidden=4096)");
+        let mut r = req(4, 4096);
+        r.out = None;
+        r.shape.out_stride = 8192;
+        assert_eq!(err(&r), "in place: out_stride=8192 != x_stride=4096");
+        let mut r = req(2, 16);
+        r.residual = Some(Buf { ptr: 0x4000, len: 31 });
+        assert!(err(&r).starts_with("residual.len()=31 < "));
+        let mut r = req(2, 16);
+        r.x.ptr = 0x1001;
+        assert!(err(&r).contains("not aligned"));
+        let mut r = req(1, 0);
+        r.weight.len = 0;
+        assert!(err(&r).starts_with("hidden=0"));
+        let mut r = req(0, MAX_HIDDEN + 1);
+        r.weight.len = MAX_HIDDEN + 1;
+        assert!(err(&r).contains("exceeds the supported maximum"));
+        let mut r = req(1, 8);
+        r.shape.rows = i32::MAX as usize + 1;
+        assert_eq!(err(&r), "rows=2147483648 exceeds 2147483647");
+    }
+
+    #[test]
+    fn zero_rows_is_a_no_op_after_validation() {
+        let mut r = req(0, 4096);
+        assert_eq!(plan(&r).unwrap(), None);
+        // Still validated: a wrong weight length is an error even with no rows.
+        r.weight.len = 3;
+        assert!(plan(&r).is_err());
+    }
+
+    #[test]
+    fn default_shapes() {
+        let p = |rows, hidden| plan(&req(rows, hidden)).unwrap().unwrap();
+        // hidden 128 bf16: 16 chunks, half a warp per row, 16 rows per 256-thread CTA; one row
+        // per thread up to 3 waves of 132 × 8 CTAs, four rows beyond (65536 rows: 4096 CTAs).
+        let a = p(8192, 128);
+        assert_eq!((a.kind, a.log2_group, a.block, a.grid, a.rows_per_thread, a.vec), (Kind::Rows1, 4, 256, 512, 1, true));
+        let a = p(65536, 128);
+        assert_eq!((a.kind, a.block, a.grid, a.rows_per_thread), (Kind::Rows1x4, 256, 1024, 4));
+        let a = p(16384, 128);
+        assert_eq!((a.grid, a.rows_per_thread), (1024, 1));
+        // x 4096: one row per 256-thread CTA up to 3168 rows, two beyond.
+        let a = p(2048, 4096);
+        assert_eq!((a.kind, a.block, a.grid, a.rows_per_thread), (Kind::Rows2, 256, 2048, 1));
+        let a = p(8192, 4096);
+        assert_eq!((a.kind, a.block, a.grid, a.rows_per_thread), (Kind::Rows2x2, 256, 4096, 2));
+        // One row of 128: a single warp (two rows' worth of lanes).
+        let a = p(1, 128);
+        assert_eq!((a.block, a.grid), (32, 1));
+        // 512 / 1024: a warp per row, 2 / 4 chunks a lane, 8 rows per CTA.
+        let a = p(1000, 1024);
+        assert_eq!((a.kind, a.log2_group, a.block, a.grid), (Kind::Rows4, 5, 256, 125));
+        // 4096: a CTA of 256 threads per row, 2 chunks each; 8192: 256 × 4; 16384: 512 × 4.
+        let a = p(3, 4096);
+        assert_eq!((a.kind, a.log2_group, a.block, a.grid), (Kind::Rows2, 8, 256, 3));
+        assert_eq!((p(3, 8192).kind, p(3, 8192).block), (Kind::Rows2, 512));
+        assert_eq!((p(129, 8192).kind, p(129, 8192).block), (Kind::Rows4, 256));
+        assert_eq!((p(3, 16384).kind, p(3, 16384).block), (Kind::Rows4, 512));
+        // Beyond registers: the two-pass kernel, 512 threads, 8 chunk slots each at 32768.
+        let a = p(2, 32768);
+        assert_eq!((a.kind, a.block, a.iters_log2), (Kind::Stream, 512, 3));
+        let a = p(2, 16392);
+        assert_eq!((a.kind, a.block, a.iters_log2), (Kind::Stream, 512, 3));
+        // Element-wise accesses for sizes that are not a multiple of 16 bytes (even with aligned
+        // strides), misaligned pointers or strides; 16-byte ones otherwise.
+        let mut r = req(3, 7);
+        r.shape = r.shape.with_x_stride(8).with_out_stride(8);
+        r.x.len = 24;
+        r.out = Some(Buf { ptr: 0x9000_0000, len: 24 });
+        r.weight.len = 7;
+        assert!(!plan(&r).unwrap().unwrap().vec);
+        let mut r = req(3, 4096);
+        r.x.ptr += 2;
+        assert!(!plan(&r).unwrap().unwrap().vec);
+        let mut r = req(3, 4096);
+        r.shape = r.shape.with_out_stride(4100);
+        r.out = Some(Buf { ptr: 0x9000_0000, len: 3 * 4100 });
+        assert!(!plan(&r).unwrap().unwrap().vec);
+        r.shape = r.shape.with_out_stride(4104);
+        r.out = Some(Buf { ptr: 0x9000_0000, len: 3 * 4104 });
+        assert!(plan(&r).unwrap().unwrap().vec);
+    }
+
+    #[test]
+    fn forced_variants_are_checked() {
+        let mut r = req(4, 4096); // 512 chunks
+        let v = |log2_group, chunks_per_thread, rows_per_thread, scalar| {
+            Some(Variant { log2_group, chunks_per_thread, rows_per_thread, scalar })
+        };
+        r.force = v(5, 4, 1, false);
+        assert!(err(&r).contains("cannot hold 512 chunks"));
+        r.force = v(4, 2, 1, false);
+        assert!(err(&r).contains("needs whole warps"));
+        r.force = v(9, 1, 1, false);
+        assert!(err(&r).contains("512 threads per row exceed this kernel's 256"));
+        r.force = v(10, 0, 1, false);
+        assert!(err(&r).contains("exceed"));
+        r.force = v(8, 2, 3, false);
+        assert!(err(&r).contains("rows_per_thread=3 > 2"));
+        r.force = v(7, 4, 1, true);
+        let p = plan(&r).unwrap().unwrap();
+        assert_eq!((p.kind, p.block, p.vec), (Kind::Rows4, 128, false));
+        // Element-wise accesses hold one row per thread whatever was asked.
+        r.force = v(8, 2, 2, true);
+        assert_eq!(plan(&r).unwrap().unwrap().rows_per_thread, 1);
+        r.force = v(8, 2, 2, false);
+        let p = plan(&r).unwrap().unwrap();
+        assert_eq!((p.kind, p.block, p.grid, p.rows_per_thread), (Kind::Rows2x2, 256, 2, 2));
+        r.force = v(5, 0, 1, false);
+        let p = plan(&r).unwrap().unwrap();
+        assert_eq!((p.kind, p.block, p.iters_log2), (Kind::Stream, 32, 4));
+        // Fused kernels hold fewer rows.
+        r.residual = Some(Buf { ptr: 0x4000, len: 4 * 4096 });
+        r.force = v(8, 2, 2, false);
+        assert!(err(&r).contains("rows_per_thread=2 > 1"));
+        for chunks in [1, 7, 16, 33, 512, 1025, 4096, 5000] {
+            for fused in [false, true] {
+                let vs = variants(chunks, fused);
+                let d = default_variant(chunks, 1000);
+                assert!(vs.contains(&Variant { rows_per_thread: 1, ..d }), "{chunks}");
+                assert!(vs.iter().any(|v| v.chunks_per_thread == 0));
+            }
+        }
+        assert!(variants(16, false).iter().any(|v| v.rows_per_thread == 4));
+        assert_eq!(variants(2049, false).iter().filter(|v| v.chunks_per_thread > 0).count(), 0);
+    }
+}
