@@ -1,8 +1,47 @@
-//! Benchmarks of kiln-rope (shapes from the issue and `../shared/peers/bench_peers.py`).
+//! Benchmarks of kiln-rope: `fused_qknorm_rope` on the shapes of `../shared/peers/bench_peers.py`,
+//! in the peer's configuration (bf16, NeoX, full rotary, eps 1e-6, base 1e6, no YaRN, int32
+//! positions uniform in [0, 32768)). Bytes = q and k heads read and written once + positions.
 
-use super::Ctx;
+use half::bf16;
+use kiln_rope::{Heads, QkNormRope, Rope, Rows, fused_qk_norm_rope};
+use kiln_runtime::cudarc::driver::CudaSlice;
+
+use super::{Ctx, sets_for};
+
+/// Cheap deterministic data (the kernel's time does not depend on the values).
+fn data(n: usize, seed: u64) -> Vec<bf16> {
+    let mut s = seed | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            bf16::from_f32(((s >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0)
+        })
+        .collect()
+}
 
 /// Times every shape.
-pub fn run(_c: &mut Ctx) -> anyhow::Result<()> {
+pub fn run(c: &mut Ctx) -> anyhow::Result<()> {
+    let tokens: &[usize] = if c.quick { &[1, 32, 256, 2048, 8192] } else { &[1, 8, 32, 128, 512, 2048, 8192, 16384] };
+    let stream = c.rt.stream().clone();
+    for (nq, nk, nv, hd) in [(32, 4, 4, 128), (64, 4, 4, 128), (16, 2, 2, 256)] {
+        let heads = Heads { nq, nk, nv, head_dim: hd };
+        let width = (nq + nk + nv) * hd;
+        let cfg = QkNormRope { heads, eps: 1e-6, rope: Rope::neox(1e6, hd) };
+        let (qw, kw) = (stream.clone_htod(&data(hd, 1))?, stream.clone_htod(&data(hd, 2))?);
+        for &t in tokens {
+            let bytes = 2 * t * (nq + nk) * hd * 2 + t * 4;
+            let sets = sets_for(bytes);
+            let mut qkvs: Vec<CudaSlice<bf16>> =
+                (0..sets).map(|i| stream.clone_htod(&data(t * width, 3 + i as u64))).collect::<Result<_, _>>()?;
+            let positions: Vec<i32> = (0..t).map(|i| ((i as u64 * 2_654_435_761) % 32768) as i32).collect();
+            let positions = stream.clone_htod(&positions)?;
+            let rows = Rows::contiguous(t, width);
+            let rt = c.rt.clone();
+            let us = c.time(sets, |i| fused_qk_norm_rope(&rt, &mut qkvs[i], rows, &qw, &kw, &positions, &cfg))?;
+            c.record("fused_qknorm_rope", &format!("{t}x(q{nq},k{nk},v{nv})x{hd}"), us, bytes as f64, None)?;
+        }
+    }
     Ok(())
 }

@@ -1,0 +1,203 @@
+//! Validation and launch planning: pure functions of the arguments' shapes (no GPU), so that every
+//! rejection can be tested anywhere.
+
+use std::cell::RefCell;
+
+use kiln_runtime::{Result, ensure};
+
+use crate::config::{Rope, RopeStyle, Rows};
+use crate::ffi::{self, Params};
+
+/// Largest head_dim: 16 lanes of two 8-element chunks.
+pub(crate) const MAX_HEAD_DIM: usize = 256;
+/// Elements per chunk (one 16-byte vector of a 16-bit type); each lane holds two chunks.
+pub(crate) const LANE_ELEMS: usize = 8;
+/// Threads per CTA at most (`kMaxThreads`, the kernel's launch bound).
+pub(crate) const MAX_THREADS: usize = 512;
+
+/// Which of the two arrays a check is about, for messages.
+pub(crate) type Name = &'static str;
+
+/// Grid, block and the kernel parameters of one launch (addresses still to be filled in).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Plan {
+    pub grid: (u32, u32),
+    pub block: u32,
+    pub params: Params,
+}
+
+/// Checks the rotation settings against `head_dim`.
+pub(crate) fn check_rope(op: &'static str, rope: &Rope, head_dim: usize) -> Result<()> {
+    ensure!(
+        head_dim.is_multiple_of(LANE_ELEMS) && (LANE_ELEMS..=MAX_HEAD_DIM).contains(&head_dim),
+        op,
+        "head_dim={head_dim}: must be a multiple of {LANE_ELEMS} in {LANE_ELEMS}..={MAX_HEAD_DIM}"
+    );
+    ensure!(rope.base.is_finite() && rope.base > 0.0, op, "rope base={:?}: must be finite and > 0", rope.base);
+    let rd = rope.rotary_dim;
+    ensure!(rd >= 2 && rd.is_multiple_of(2) && rd <= head_dim, op, "rotary_dim={rd}: must be even, >= 2 and <= head_dim={head_dim}");
+    if rope.style == RopeStyle::Neox {
+        ensure!(
+            rd.is_multiple_of(2 * LANE_ELEMS),
+            op,
+            "rotary_dim={rd}: NeoX style needs a multiple of {} (each half must span whole {LANE_ELEMS}-element lanes)",
+            2 * LANE_ELEMS
+        );
+    }
+    if let Some(y) = rope.yarn {
+        ensure!(y.factor.is_finite() && y.factor > 0.0, op, "yarn factor={:?}: must be finite and > 0", y.factor);
+        ensure!(y.low.is_finite() && y.high.is_finite(), op, "yarn low={:?} high={:?}: must be finite", y.low, y.high);
+        ensure!(
+            y.attention_factor.is_finite() && (y.attention_factor as f32).is_finite(),
+            op,
+            "yarn attention_factor={:?}: must be finite in f32",
+            y.attention_factor
+        );
+    }
+    Ok(())
+}
+
+/// Checks one row-major operand: its width, stride, buffer length and the token count.
+pub(crate) fn check_rows(op: &'static str, name: Name, rows: Rows, len: usize, width: usize, what: &str) -> Result<()> {
+    ensure!(rows.width == width, op, "{name} width={} != {what} = {width}", rows.width);
+    ensure!(rows.stride >= rows.width, op, "{name} row stride={} < width={}", rows.stride, rows.width);
+    ensure!(rows.tokens <= i32::MAX as usize, op, "tokens={} exceeds {} (one CTA row per token)", rows.tokens, i32::MAX);
+    ensure!(rows.stride <= i64::MAX as usize / 8, op, "{name} row stride={} is too large", rows.stride);
+    let span = rows.span();
+    ensure!(
+        span.is_some_and(|s| s <= len),
+        op,
+        "{name}.len()={len} < (tokens-1)*stride+width with tokens={}, stride={}, width={}",
+        rows.tokens,
+        rows.stride,
+        rows.width
+    );
+    Ok(())
+}
+
+/// Lanes per head: enough for two 8-element chunks each, rounded up to a power of two (1..=16).
+pub(crate) fn lanes_per_head(head_dim: usize) -> usize {
+    head_dim.div_ceil(2 * LANE_ELEMS).next_power_of_two()
+}
+
+/// Grid, block, heads per CTA and log2(lanes per head) for `heads` q+k heads of `tokens` tokens.
+///
+/// One CTA per token and chunk of heads, a group of [`lanes_per_head`] lanes per head, so that
+/// each lane loads its two 16-byte chunks at once. Heads are split into as few equal chunks as keep
+/// a CTA within [`MAX_THREADS`] threads.
+pub(crate) fn launch_shape(tokens: usize, heads: usize, head_dim: usize) -> ((u32, u32), u32, u32, u32) {
+    let lanes = lanes_per_head(head_dim);
+    let groups_per_warp = 32 / lanes;
+    let max_groups = MAX_THREADS / lanes;
+    let chunks = heads.div_ceil(max_groups);
+    let heads_per_cta = heads.div_ceil(chunks);
+    let groups = heads_per_cta.next_multiple_of(groups_per_warp);
+    ((tokens as u32, chunks as u32), (groups * lanes) as u32, heads_per_cta as u32, lanes.trailing_zeros())
+}
+
+thread_local! {
+    /// The last configuration's frequencies: a launch computes them once per distinct `Rope`.
+    static FREQ: RefCell<Option<(Rope, [f64; ffi::MAX_PAIRS])>> = const { RefCell::new(None) };
+}
+
+/// `rope.inv_frequencies()` into a fixed array (memoised per thread for the last `rope`).
+fn frequencies(rope: &Rope) -> [f64; ffi::MAX_PAIRS] {
+    FREQ.with(|c| {
+        let mut c = c.borrow_mut();
+        match &*c {
+            Some((r, f)) if r == rope => *f,
+            _ => {
+                let mut f = [0.0; ffi::MAX_PAIRS];
+                for (p, v) in f.iter_mut().enumerate().take(rope.rotary_dim / 2) {
+                    *v = rope.frequency(p);
+                }
+                *c = Some((*rope, f));
+                f
+            }
+        }
+    })
+}
+
+/// Plans a launch over already validated shapes; `None` when there is nothing to do.
+pub(crate) fn plan(tokens: usize, nq: usize, nk: usize, head_dim: usize, rope: &Rope, eps: f32) -> Option<Plan> {
+    let heads = nq + nk;
+    if tokens == 0 || heads == 0 {
+        return None;
+    }
+    let (grid, block, heads_per_cta, lanes_log2) = launch_shape(tokens, heads, head_dim);
+    let mut flags = 0;
+    if rope.style == RopeStyle::Interleaved {
+        flags |= ffi::INTERLEAVED;
+    }
+    let params = Params {
+        q: 0,
+        k: 0,
+        q_weight: 0,
+        k_weight: 0,
+        positions: 0,
+        q_stride: 0,
+        k_stride: 0,
+        nq: nq as i32,
+        nk: nk as i32,
+        head_dim: head_dim as i32,
+        lanes_log2: lanes_log2 as i32,
+        rotary_dim: rope.rotary_dim as i32,
+        heads_per_cta: heads_per_cta as i32,
+        flags,
+        eps,
+        attention_factor: rope.attention_factor(),
+        inv_head_dim: if head_dim.is_power_of_two() { 1.0 / head_dim as f32 } else { 0.0 },
+        freq: frequencies(rope),
+    };
+    Some(Plan { grid, block, params })
+}
+
+/// Checks the head counts: their chunks must fit the grid's y dimension.
+pub(crate) fn check_heads(op: &'static str, nq: usize, nk: usize) -> Result<()> {
+    ensure!(nq.checked_add(nk).is_some_and(|h| h <= 65_535), op, "nq={nq} + nk={nk} heads: at most 65535 are supported");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn launch_shapes_cover_every_head_within_limits() {
+        for hd in (8..=256).step_by(8) {
+            for heads in [1, 2, 3, 5, 9, 18, 36, 40, 48, 68, 72, 129, 300, 1000, 65535] {
+                for tokens in [1, 7, 16384, 1 << 20] {
+                    let ((gx, gy), block, hpc, log2) = launch_shape(tokens, heads, hd);
+                    let lanes = 1usize << log2;
+                    assert!(
+                        lanes * 2 * LANE_ELEMS >= hd && lanes <= 16 && (lanes == 1 || lanes * LANE_ELEMS < hd),
+                        "hd {hd}: {lanes} lanes"
+                    );
+                    assert_eq!(gx as usize, tokens);
+                    assert!(block as usize <= MAX_THREADS && block.is_multiple_of(32), "block {block}");
+                    let hpc = hpc as usize;
+                    assert!(block as usize / lanes >= hpc, "hd {hd} heads {heads}: {hpc} heads over {block} threads");
+                    assert!(gy as usize * hpc >= heads && (gy as usize - 1) * hpc < heads, "chunks {gy} x {hpc} for {heads}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn launch_shape_examples() {
+        assert_eq!(launch_shape(1, 36, 128), ((1, 1), 288, 36, 3));
+        assert_eq!(launch_shape(16384, 68, 128), ((16384, 2), 288, 34, 3));
+        assert_eq!(launch_shape(16384, 18, 256), ((16384, 1), 288, 18, 4));
+        assert_eq!(launch_shape(3, 360, 64), ((3, 3), 480, 120, 2));
+    }
+
+    #[test]
+    fn frequencies_are_memoised_per_rope() {
+        let a = Rope::neox(10000.0, 64);
+        let b = Rope::neox(500000.0, 64);
+        assert_eq!(frequencies(&a)[..32], a.inv_frequencies()[..]);
+        assert_eq!(frequencies(&b)[..32], b.inv_frequencies()[..]);
+        assert_eq!(frequencies(&a)[..32], a.inv_frequencies()[..]);
+        assert!(frequencies(&a)[32..].iter().all(|&f| f == 0.0));
+    }
+}
