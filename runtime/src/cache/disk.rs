@@ -313,7 +313,7 @@ mod tests {
             Read::Hit(got) => assert_eq!(*got, c),
             other => panic!("{other:?}"),
         }
-        assert_eq!(cache.known_identities(), [c.compiler.clone()]);
+        assert_eq!(cache.known_identities(), std::slice::from_ref(&c.compiler));
         // No temp files are left behind.
         let leftovers: Vec<_> = cache.entries().iter().map(|e| e.path.clone()).filter(|p| p != &path).collect();
         assert!(leftovers.is_empty(), "{leftovers:?}");

@@ -1,0 +1,349 @@
+// quant.cuh — grouped MXFP8 quantization (bf16/f16 → E4M3 + E8M0 scales) and dequantization
+// (E4M3 + E8M0 → bf16/f16/f32), for dense tensors and for MoE experts described on the device.
+//
+// Math (see mxfp8/layout.cuh for the exact scale rule): per block of 32 consecutive elements of a
+// row, amax = max |x| over the finite elements (non-finite ones take no part), e = RCEIL exponent
+// from amax's bits, S = e + 127, q = RN_sat_e4m3(x · 2^-e) with 2^-e built exactly, so NaN → an
+// E4M3 NaN, ±inf → ±448, and the other elements of the block are unaffected. All-zero blocks get
+// S = 0 and q = ±0. Dequantization: y = RN_T(e4m3(q) · 2^(S − 127)), the product taken in f32
+// (exact unless it overflows f32: |y| ≥ 2^128 gives ±inf). Compiled without ftz (the specs force
+// precise math) so subnormal inputs and the 2^-127 scale are kept.
+//
+// Layout: x / out are [rows, k] row-major with row stride x_stride (elements), q is [rows, k] with
+// row stride q_stride (bytes); scales in the 128×4 blocked or the row-major layout (layout.cuh).
+// Expert g covers rows [expert_offsets[g], + tokens_per_expert[g]) and scale rows from
+// blockscale_offsets[g] (clamped as experts.cuh states); null metadata = one expert of all rows
+// with scale row = row. In the blocked layout the quantizer also writes the padding scale rows
+// [m_g, round_up(m_g, 128)) of each expert with byte 0x00 (the scale of an all-zero row); rows and
+// scale rows that belong to no expert are never written.
+//
+// Launch: persistent grid (≤ SMs × resident CTAs) of 256 threads, dynamic shared memory
+// 24 · max(num_experts, 1) bytes for the expert table. A tile is 64 rows × 256 columns of one
+// expert (64 divides the 128-row atom, so the blocked layout's padding rows are whole tiles);
+// warp w handles rows w, w + 8, …, w + 56, each lane 8 consecutive columns, so one warp instruction
+// moves 512 contiguous input bytes (one 16-byte load per lane) and a quad of lanes holds one
+// 32-element block (amax: one packed max per lane, two xor-shuffles). A thread issues its 8 rows'
+// loads before converting; each quad's first lane stores the block's scale byte.
+// kVec: 16-byte loads of x (16-byte stores of out), 8-byte accesses of q (the host checks pointers
+// and strides); otherwise element-wise accesses with the same results.
+// PDL: griddepcontrol.wait before the metadata is read (nothing is read or written earlier);
+// launch_dependents once the expert table is built (all CTAs are resident, so early dependents only
+// take leftover slots).
+#pragma once
+#include <kiln/common.cuh>
+#include <kiln/vec.cuh>
+#include <kiln/convert.cuh>
+#include <kiln/pdl.cuh>
+#include <mxfp8/layout.cuh>
+#include <mxfp8/experts.cuh>
+
+// One by-value parameter of both kernels (96 bytes; mirrored by ops-mxfp8/src/ffi.rs).
+struct Mxfp8Params {
+  void* x;                        // quantize: input [rows, k] T; dequantize: output [rows, k] T
+  unsigned char* q;               // E4M3 [rows, k]
+  unsigned char* scales;          // E8M0, scale_rows × (k / 32) in `layout`
+  const int* expert_offsets;      // [num_experts] or null (dense)
+  const int* tokens_per_expert;   // [num_experts] or null (dense)
+  const int* blockscale_offsets;  // [num_experts] or null (dense)
+  long long rows;
+  long long k;         // multiple of 32 (of 128 in the blocked layout)
+  long long x_stride;  // elements
+  long long q_stride;  // bytes
+  long long scale_rows;
+  int num_experts;
+  int layout;          // mxfp8::ScaleLayout
+};
+
+namespace mxfp8 {
+
+enum : int {
+  kThreads = 256,
+  kMinBlocks = 4,                // ≤ 64 registers: 4 CTAs (32 warps) per SM
+  kWarps = kThreads / 32,
+  kLaneElems = 8,                // one 16-byte load of bf16/f16
+  kTileCols = 32 * kLaneElems,   // the columns of one warp instruction
+  kItems = 8,                    // rows per warp and tile: loads in flight per thread
+  kTileRows = kWarps * kItems,
+};
+static_assert(kAtomRows % kTileRows == 0, "tiles must not straddle 128-row atoms");
+static_assert(32 % kWarps == 0 && kTileRows % 32 == 0, "the blocked scale offsets below");
+
+// 16-bit input formats: exact widening and the bit pattern of +inf (|bits| ≥ it: not finite).
+template <typename T>
+struct Half16;
+template <>
+struct Half16<__nv_bfloat16> {
+  enum : u32 { kInf = 0x7f80u };
+  static KILN_DEVICE float widen(u32 h) { return __uint_as_float(h << 16); }
+};
+template <>
+struct Half16<__half> {
+  enum : u32 { kInf = 0x7c00u };
+  static KILN_DEVICE float widen(u32 h) { return __half2float(__ushort_as_half(static_cast<unsigned short>(h))); }
+};
+
+KILN_DEVICE ExpertMeta meta_of(const Mxfp8Params& p) {
+  return ExpertMeta{p.expert_offsets, p.tokens_per_expert, p.blockscale_offsets, p.num_experts,
+                    p.layout == kBlocked ? kAtomRows : 1, p.rows, p.scale_rows};
+}
+
+// One thread's view of a tile. Item j of the thread is tile row r = j·kWarps + warp, columns
+// col .. col + 7; its x elements start at x + j·x_step, its q bytes at q + j·q_step and its scale
+// byte is scale_at(j). Computed once per tile, so the items need no 64-bit multiplications.
+struct LaneAt {
+  i64 x, x_step;  // elements
+  i64 q, q_step;  // bytes
+  i64 s, s_step;  // bytes (s_step: row-major only)
+  i64 col;        // this lane's first column
+  int row;        // tile row of item 0 (= warp)
+  int valid;      // tile rows holding tokens (≤ 0 for a tile of blocked padding rows)
+  bool blocked;
+
+  KILN_DEVICE i64 scale_at(int j) const {
+    // Blocked: tile row r = j·kWarps + warp of a tile starting at a multiple of 32 inside its
+    // atom: r % 32 = (j % m)·kWarps + warp and r / 32 = j / m with m = 32 / kWarps (the warp part
+    // is in `s`).
+    constexpr int m = 32 / kWarps;
+    return blocked ? s + (j % m) * (kWarps * 16) + (j / m) * 4 : s + j * s_step;
+  }
+};
+
+KILN_DEVICE LaneAt lane_at(const Mxfp8Params& p, const Expert& e, i64 tile, i64 ktiles, i64 nkb) {
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const i64 rt = tile / ktiles;
+  const i64 kt = tile - rt * ktiles;
+  const i64 row0 = e.row0 + rt * kTileRows;  // all of these are ≥ 0
+  const u64 srow0 = static_cast<u64>(e.srow0 + rt * kTileRows);
+  const i64 left = e.rows - rt * kTileRows;
+  LaneAt l;
+  l.col = kt * kTileCols + lane * kLaneElems;
+  l.row = warp;
+  l.valid = static_cast<int>(left < kTileRows ? left : kTileRows);
+  l.blocked = p.layout == kBlocked;
+  l.x = (row0 + warp) * p.x_stride + l.col;
+  l.x_step = kWarps * p.x_stride;
+  l.q = (row0 + warp) * p.q_stride + l.col;
+  l.q_step = kWarps * p.q_stride;
+  const u64 kb0 = static_cast<u64>(l.col) / kBlock;
+  if (l.blocked) {
+    l.s = static_cast<i64>((srow0 / kAtomRows) * (static_cast<u64>(nkb) / kAtomKBlocks) * kAtomBytes +
+                           ((srow0 % kAtomRows) / 32) * 4 + (kb0 / kAtomKBlocks) * kAtomBytes + kb0 % kAtomKBlocks) +
+          warp * 16;
+  } else {
+    l.s = static_cast<i64>(srow0 + warp) * nkb + static_cast<i64>(kb0);
+  }
+  l.s_step = kWarps * nkb;
+  return l;
+}
+
+template <typename T, bool kVec>
+KILN_DEVICE uint4 load_x(const T* src) {
+  if constexpr (kVec) {
+    const kiln::Vec<u32, 4> v = kiln::load_vec_stream<u32, 4>(reinterpret_cast<const u32*>(src));
+    return make_uint4(v[0], v[1], v[2], v[3]);
+  } else {
+    const unsigned short* h = reinterpret_cast<const unsigned short*>(src);
+    u32 w[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) w[i] = static_cast<u32>(h[2 * i]) | (static_cast<u32>(h[2 * i + 1]) << 16);
+    return make_uint4(w[0], w[1], w[2], w[3]);
+  }
+}
+
+// Per-halfword unsigned max of two pairs of 16-bit values.
+KILN_DEVICE u32 max_u16x2(u32 a, u32 b) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  u32 d;
+  asm("max.u16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
+  return d;
+#else
+  return max(a & 0xffffu, b & 0xffffu) | (max(a >> 16, b >> 16) << 16);
+#endif
+}
+
+// Largest finite |x| of the 8 elements, as 16-bit magnitude bits (monotone in the value: finite
+// magnitudes lie below the +inf pattern, NaNs above it). The common case takes one packed max
+// over all 8; only a group holding a NaN or an inf filters element by element.
+template <typename T>
+KILN_DEVICE u32 finite_amax_bits(const uint4& r) {
+  const u32 w[4] = {r.x & 0x7fff7fffu, r.y & 0x7fff7fffu, r.z & 0x7fff7fffu, r.w & 0x7fff7fffu};
+  const u32 p = max_u16x2(max_u16x2(w[0], w[1]), max_u16x2(w[2], w[3]));
+  u32 m = max(p & 0xffffu, p >> 16);
+  if (m >= Half16<T>::kInf) {
+    m = 0;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const u32 lo = w[i] & 0xffffu;
+      const u32 hi = w[i] >> 16;
+      m = lo < Half16<T>::kInf && lo > m ? lo : m;
+      m = hi < Half16<T>::kInf && hi > m ? hi : m;
+    }
+  }
+  return m;
+}
+
+KILN_DEVICE u32 e4m3x2(float a, float b) {
+  return static_cast<u32>(__nv_cvt_float2_to_fp8x2(make_float2(a, b), __NV_SATFINITE, __NV_E4M3));
+}
+
+// Quantizes the 8 elements with multiplier 2^-e: 8 E4M3 bytes, element 0 in the lowest byte.
+template <typename T>
+KILN_DEVICE uint2 quantize8(const uint4& r, float mul) {
+  const u32 w[4] = {r.x, r.y, r.z, r.w};
+  u32 c[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    c[i] = e4m3x2(Half16<T>::widen(w[i] & 0xffffu) * mul, Half16<T>::widen(w[i] >> 16) * mul);
+  }
+  return make_uint2(c[0] | (c[1] << 16), c[2] | (c[3] << 16));
+}
+
+template <bool kVec>
+KILN_DEVICE void store_q(u8* dst, const uint2& v) {
+  if constexpr (kVec) {
+    *reinterpret_cast<uint2*>(dst) = v;
+  } else {
+#pragma unroll
+    for (int i = 0; i < 8; ++i) dst[i] = static_cast<u8>((i < 4 ? v.x : v.y) >> (8 * (i & 3)));
+  }
+}
+
+template <typename T, bool kVec>
+KILN_DEVICE void quantize_tile(const Mxfp8Params& p, const LaneAt& l) {
+  const int lane = threadIdx.x & 31;
+  const T* x = static_cast<const T*>(p.x);
+  const bool col_ok = l.col < p.k;
+  uint4 raw[kItems];
+#pragma unroll
+  for (int j = 0; j < kItems; ++j) {
+    raw[j] = make_uint4(0u, 0u, 0u, 0u);
+    if (l.row + j * kWarps < l.valid && col_ok) raw[j] = load_x<T, kVec>(x + l.x + j * l.x_step);
+  }
+#pragma unroll
+  for (int j = 0; j < kItems; ++j) {
+    const bool data = l.row + j * kWarps < l.valid;  // warp-uniform: the shuffles see the whole warp
+    if (!data && !l.blocked) continue;
+    u32 s = 0;  // padding rows: the scale of an all-zero row
+    if (data) {
+      u32 amax = finite_amax_bits<T>(raw[j]);
+      amax = max(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
+      amax = max(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
+      const int e = scale_exponent(__float_as_uint(Half16<T>::widen(amax)));
+      s = scale_byte(e);
+      const uint2 qv = quantize8<T>(raw[j], inv_scale(e));
+      if (col_ok) store_q<kVec>(p.q + l.q + j * l.q_step, qv);
+    }
+    // One byte per block from each quad's first lane: the 4 (blocked) or 8 (row-major) scales of
+    // a warp row are adjacent bytes, merged in L2.
+    if ((lane & 3) == 0 && col_ok) p.scales[l.scale_at(j)] = static_cast<u8>(s);
+  }
+}
+
+template <typename T, bool kVec>
+KILN_DEVICE void store_out(T* dst, const float (&v)[kLaneElems]) {
+  if constexpr (kVec) {
+    constexpr int kPer = kiln::kVec16<T>;
+#pragma unroll
+    for (int c = 0; c < kLaneElems / kPer; ++c) {
+      kiln::Vec<T, kPer> o;
+#pragma unroll
+      for (int i = 0; i < kPer; ++i) o[i] = kiln::from_f32<T>(v[c * kPer + i]);
+      kiln::store_vec<T, kPer>(dst + c * kPer, o);
+    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < kLaneElems; ++i) dst[i] = kiln::from_f32<T>(v[i]);
+  }
+}
+
+template <typename T, bool kVec>
+KILN_DEVICE void dequantize_tile(const Mxfp8Params& p, const LaneAt& l) {
+  const bool col_ok = l.col < p.k;
+  uint2 qraw[kItems];
+  u8 sraw[kItems];
+#pragma unroll
+  for (int j = 0; j < kItems; ++j) {
+    qraw[j] = make_uint2(0u, 0u);
+    sraw[j] = 0;
+    if (l.row + j * kWarps < l.valid && col_ok) {
+      const u8* src = p.q + l.q + j * l.q_step;
+      if constexpr (kVec) {
+        qraw[j] = *reinterpret_cast<const uint2*>(src);
+      } else {
+        u32 w[2] = {0u, 0u};
+#pragma unroll
+        for (int i = 0; i < 8; ++i) w[i >> 2] |= static_cast<u32>(src[i]) << (8 * (i & 3));
+        qraw[j] = make_uint2(w[0], w[1]);
+      }
+      sraw[j] = p.scales[l.scale_at(j)];
+    }
+  }
+  T* out = static_cast<T*>(p.x);
+#pragma unroll
+  for (int j = 0; j < kItems; ++j) {
+    if (!(l.row + j * kWarps < l.valid && col_ok)) continue;
+    const float sc = kiln::e8m0_to_f32(sraw[j]);
+    const u32 w[2] = {qraw[j].x, qraw[j].y};
+    float v[kLaneElems];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const __half2_raw h =
+          __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(w[i >> 1] >> (16 * (i & 1))), __NV_E4M3);
+      const float2 f = __half22float2(__half2(h));
+      v[2 * i] = f.x * sc;
+      v[2 * i + 1] = f.y * sc;
+    }
+    store_out<T, kVec>(out + l.x + j * l.x_step, v);
+  }
+}
+
+KILN_DEVICE Expert* table_experts(unsigned char* smem) {
+  return reinterpret_cast<Expert*>(smem);
+}
+KILN_DEVICE i64* table_ends(unsigned char* smem, int n) {
+  return reinterpret_cast<i64*>(smem + sizeof(Expert) * n);
+}
+
+}  // namespace mxfp8
+
+template <typename T, bool kVec, bool kPdl>
+__global__ void __launch_bounds__(mxfp8::kThreads, mxfp8::kMinBlocks) mxfp8_quantize(const Mxfp8Params p) {
+  using namespace mxfp8;
+  extern __shared__ __align__(16) unsigned char smem[];
+  const ExpertMeta meta = meta_of(p);
+  Expert* experts = table_experts(smem);
+  i64* ends = table_ends(smem, table_size(meta));
+  const i64 ktiles = (p.k + kTileCols - 1) / kTileCols;
+  const bool blocked = p.layout == kBlocked;
+  kiln::pdl_wait<kPdl>();
+  const i64 total = build_table<kThreads>(meta, experts, ends, [&](const Expert& e) -> i64 {
+    // Blocked: whole 128-row atoms, so the padding rows are tiles too.
+    const i64 rows = blocked ? (static_cast<i64>(e.rows) + kAtomRows - 1) / kAtomRows * kAtomRows : e.rows;
+    return (rows + kTileRows - 1) / kTileRows * ktiles;
+  });
+  kiln::pdl_launch_dependents<kPdl>();
+  const i64 nkb = p.k / kBlock;
+  for_each_tile(experts, ends, total, [&](const Expert& e, i64 tile) {
+    quantize_tile<T, kVec>(p, lane_at(p, e, tile, ktiles, nkb));
+  });
+}
+
+template <typename T, bool kVec, bool kPdl>
+__global__ void __launch_bounds__(mxfp8::kThreads, mxfp8::kMinBlocks) mxfp8_dequantize(const Mxfp8Params p) {
+  using namespace mxfp8;
+  extern __shared__ __align__(16) unsigned char smem[];
+  const ExpertMeta meta = meta_of(p);
+  Expert* experts = table_experts(smem);
+  i64* ends = table_ends(smem, table_size(meta));
+  const i64 ktiles = (p.k + kTileCols - 1) / kTileCols;
+  kiln::pdl_wait<kPdl>();
+  const i64 total = build_table<kThreads>(meta, experts, ends, [&](const Expert& e) -> i64 {
+    return (static_cast<i64>(e.rows) + kTileRows - 1) / kTileRows * ktiles;
+  });
+  kiln::pdl_launch_dependents<kPdl>();
+  const i64 nkb = p.k / kBlock;
+  for_each_tile(experts, ends, total, [&](const Expert& e, i64 tile) {
+    dequantize_tile<T, kVec>(p, lane_at(p, e, tile, ktiles, nkb));
+  });
+}
