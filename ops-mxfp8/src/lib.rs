@@ -60,13 +60,13 @@
 
 #[allow(unsafe_code)]
 mod ffi;
-pub mod layout;
-mod quant;
-pub mod reference;
 #[allow(unsafe_code)]
 mod ffi_gemm;
 mod gemm;
 pub mod gemm_reference;
+pub mod layout;
+mod quant;
+pub mod reference;
 
 use kiln_runtime::KernelSpec;
 

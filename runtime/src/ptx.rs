@@ -100,11 +100,21 @@ pub fn summary(ptx: &str) -> String {
             let _ = writeln!(out, "{t}");
         } else if t.starts_with(".reg ") {
             regs.push(t.trim_end_matches(';').trim_start_matches(".reg ").to_string());
-        } else if t.contains(".shared ") && !t.starts_with("//") && (t.starts_with(".shared") || t.starts_with(".extern") || t.starts_with(".visible") || t.starts_with(".global")) {
+        } else if t.contains(".shared ")
+            && !t.starts_with("//")
+            && (t.starts_with(".shared") || t.starts_with(".extern") || t.starts_with(".visible") || t.starts_with(".global"))
+        {
             shared.push(t.trim_end_matches(';').to_string());
         } else if t.starts_with(".local ") {
             local.push(t.trim_end_matches(';').to_string());
-        } else if t.is_empty() || t.starts_with("//") || t.starts_with('.') || t.starts_with('{') || t.starts_with('}') || t.starts_with(')') || t.ends_with(':') {
+        } else if t.is_empty()
+            || t.starts_with("//")
+            || t.starts_with('.')
+            || t.starts_with('{')
+            || t.starts_with('}')
+            || t.starts_with(')')
+            || t.ends_with(':')
+        {
             continue;
         } else {
             let mut words = t.split_whitespace();

@@ -2,7 +2,7 @@
 //!
 //! A test whose need is missing is listed as *ignored* (nextest and libtest show it as skipped,
 //! never passed) and prints why; if run anyway (`--include-ignored`) it reports
-//! "ignored, <reason>". With `KILN_REQUIRE_NVRTC=1` (T1) or `KILN_REQUIRE_GPU=1` (T1 and T2) the
+//! `ignored, <reason>`. With `KILN_REQUIRE_NVRTC=1` (T1) or `KILN_REQUIRE_GPU=1` (T1 and T2) the
 //! missing piece is a failure instead.
 
 use std::sync::OnceLock;

@@ -263,7 +263,8 @@ fn measure_identity(backend: Backend) -> Result<String> {
 pub(crate) fn compiler_identity(backend: Backend, cache_root: Option<&Path>) -> Result<String> {
     static IDS: [OnceLock<std::result::Result<String, String>>; 2] = [OnceLock::new(), OnceLock::new()];
     static STAMPS: [OnceLock<String>; 2] = [OnceLock::new(), OnceLock::new()];
-    let memo = cache_root.map(|r| r.join("toolchains").join(format!("{}.id", STAMPS[backend as usize].get_or_init(|| toolchain_stamp(backend)))));
+    let memo =
+        cache_root.map(|r| r.join("toolchains").join(format!("{}.id", STAMPS[backend as usize].get_or_init(|| toolchain_stamp(backend)))));
     let id = IDS[backend as usize]
         .get_or_init(|| {
             if let Some(m) = &memo

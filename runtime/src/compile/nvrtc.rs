@@ -1,6 +1,6 @@
 //! The only NVRTC FFI in kiln.
 //!
-//! NVRTC is opened from the exact file discovery found (see [`crate::probe`]), never by soname
+//! NVRTC is opened from the exact file discovery found (see [`mod@crate::probe`]), never by soname
 //! alone: cudarc's loader panics when the library is missing and would pick whichever
 //! `libnvrtc.so` the dynamic linker sees first. `libnvrtc-builtins` is opened first from the same
 //! folder, because NVRTC dlopens it by soname at compile time and a pip wheel's folder is not on
