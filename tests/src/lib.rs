@@ -9,3 +9,8 @@ pub mod snap;
 pub mod tier;
 
 pub use tier::{Need, main, trial};
+
+/// The README's example, compiled as a doctest so that it cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;

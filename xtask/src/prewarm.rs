@@ -29,6 +29,9 @@ fn default_archs() -> Vec<Arch> {
 
 /// Runs prewarm.
 pub fn main(mut args: crate::Args) -> anyhow::Result<()> {
+    // First: kiln discovers the toolkit once per process, so KILN_CUDA_HOME must be set before
+    // anything (the default arch list's probe included) looks.
+    crate::bootstrap::ensure_nvrtc()?;
     let archs = match args.value("arch")? {
         Some(a) => parse_arch_list(&a)?,
         None => default_archs(),
@@ -41,7 +44,6 @@ pub fn main(mut args: crate::Args) -> anyhow::Result<()> {
         None => std::thread::available_parallelism().map_or(2, |n| n.get()),
     };
     args.done()?;
-    crate::bootstrap::ensure_nvrtc()?;
     let mut knobs = Knobs::from_env()?;
     if let Some(d) = cache_dir {
         knobs.cache_dir = Some(d.into());
