@@ -40,7 +40,7 @@ fi
 if has sanitize; then
   extract
   : >"$OUT/sanitizer.log"
-  for bin in $(find "$EXT/target" -path '*/deps/*' -type f -perm -u+x \( -name 'runtime_gpu-*' -o -name 'activation-*' -o -name 'rmsnorm-*' -o -name 'rope-*' -o -name 'mxfp8-*' \) | sort); do
+  for bin in $(find "$EXT/target" -path '*/deps/*' -type f -perm -u+x \( -name 'runtime_gpu-*' -o -name 'activation-*' -o -name 'rmsnorm-*' -o -name 'rope-*' -o -name 'mxfp8-*' -o -name 'mxfp8_gemm-*' \) | sort); do
     for tool in memcheck racecheck; do
       echo "== $tool $(basename "$bin")" | tee -a "$OUT/sanitizer.log"
       compute-sanitizer --tool "$tool" --error-exitcode 9 --print-limit 20 "$bin" --test-threads 1 sanitize >>"$OUT/sanitizer.log" 2>&1
