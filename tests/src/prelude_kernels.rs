@@ -56,3 +56,19 @@ pub fn all() -> Vec<KernelSpec> {
     v.push(pdl_consumer(true));
     v
 }
+
+/// Parameters of `test_pdl_producer` / `test_pdl_consumer` (mirrors `PdlParams` in the .cuh).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct PdlParams {
+    /// Device address of `n` floats the producer writes.
+    pub data: u64,
+    /// Device address of `n` floats the consumer writes.
+    pub out: u64,
+    /// Element count.
+    pub n: i64,
+    /// Producer: clock cycles to spin before writing.
+    pub spin: i64,
+    /// Producer writes `data[i] = value + i`.
+    pub value: f32,
+}

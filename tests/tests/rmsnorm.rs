@@ -11,6 +11,7 @@ use kiln_runtime::cudarc::driver::{CudaSlice, DeviceRepr, ValidAsZeroBits};
 use kiln_runtime::{Error, LaunchConfig};
 use kiln_tests::data::{Rng, TestFloat, seed};
 use kiln_tests::gpu::{download, filled, ptr, rt, upload};
+use kiln_tests::prelude_kernels::PdlParams;
 use kiln_tests::{Need, prelude_kernels as pk, trial};
 use libtest_mimic::Trial;
 
@@ -324,16 +325,6 @@ fn alloc() -> anyhow::Result<()> {
         let want = ref_norm(&xh, &wh, Shape::new(rows, hidden), Norm::gemma(1e-6));
         check_rows("alloc", &download(&rt, &y)?, &want, 0, hidden, &want, hidden)
     })
-}
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct PdlParams {
-    data: u64,
-    out: u64,
-    n: i64,
-    spin: i64,
-    value: f32,
 }
 
 /// A slow producer (spins, then writes x) followed by PDL launches: rms_norm reads x, a fused

@@ -8,6 +8,7 @@ use kiln_runtime::cudarc::driver::CudaSlice;
 use kiln_runtime::{DtypeId, E4m3, E8m0, Error, Knobs, LaunchConfig, Runtime, stats};
 use kiln_tests::data::{Rng, TestFloat, seed};
 use kiln_tests::gpu::{download, filled, ptr, rt, upload, zeros};
+use kiln_tests::prelude_kernels::PdlParams;
 use kiln_tests::{Need, prelude_kernels as pk, trial};
 
 #[repr(C)]
@@ -45,15 +46,6 @@ struct MathParams {
     rsqrt_out: u64,
     div_out: u64,
     n: i64,
-}
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct PdlParams {
-    data: u64,
-    out: u64,
-    n: i64,
-    spin: i64,
-    value: f32,
 }
 
 fn vec_copy<T: TestFloat>(dt: DtypeId, pdl: bool) -> anyhow::Result<()> {

@@ -3,36 +3,19 @@
 //! t ∈ {1 … 16384}; bytes = t·3d·2 (input read once, output written once). Plus the expert filter
 //! at skip ratios 0, ½ and 0.9 (`silu_and_mul_filtered_skip{0,50,90}`, no peer row; bytes count
 //! only the rows computed).
-//!
-//! Each timed graph holds at least [`MIN_CALLS`] launches, cycling over the input sets: one
-//! replay then amortises the graph's own launch cost over many kernels, as triton's
-//! `do_bench_cudagraph` (the peers' timer) does. With a single launch per replay (large shapes
-//! have one input set) that cost would add 1–3 % to kiln's time and not to the peers'.
 
 use half::bf16;
 use kiln_activation::{Activation, Options, Rounding, Shape, act_and_mul, act_and_mul_with, spec_for};
 use kiln_runtime::cudarc::driver::CudaSlice;
 
+use kiln_tests::data::Rng;
+
 use super::{Ctx, sets_for};
 
-/// Fewest launches per timed graph.
-pub const MIN_CALLS: usize = 16;
-
-/// SplitMix64 for bench data (values only need to be ordinary numbers, not zeros).
-struct Mix(u64);
-
-impl Mix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    /// Uniform in (-4, 4), never 0.
-    fn value(&mut self) -> f32 {
-        ((self.next() >> 40) as f32 + 0.5) / (1u64 << 24) as f32 * 8.0 - 4.0
-    }
+/// Uniform in (-4, 4), never 0 (bench data only needs ordinary numbers, not zeros).
+fn value(rng: &mut Rng) -> f32 {
+    let v = rng.range(-4.0, 4.0) as f32;
+    if v == 0.0 { 0.5 } else { v }
 }
 
 /// `sets` input buffers of `n` elements filled with a repeated random pattern, and as many outputs.
@@ -40,8 +23,8 @@ type Sets = Vec<CudaSlice<bf16>>;
 
 fn buffers(c: &Ctx, sets: usize, n_in: usize, n_out: usize) -> anyhow::Result<(Sets, Sets)> {
     let stream = c.rt.stream();
-    let mut mix = Mix(0x5eed);
-    let pattern: Vec<bf16> = (0..(1 << 20).min(n_in)).map(|_| bf16::from_f32(mix.value())).collect();
+    let mut mix = Rng::new(0x5eed);
+    let pattern: Vec<bf16> = (0..(1 << 20).min(n_in)).map(|_| bf16::from_f32(value(&mut mix))).collect();
     let mut inputs = Vec::with_capacity(sets);
     let mut outputs = Vec::with_capacity(sets);
     for _ in 0..sets {
@@ -72,11 +55,10 @@ pub fn run(c: &mut Ctx) -> anyhow::Result<()> {
         for &t in tokens {
             let bytes = t * 3 * d * 2;
             let sets = sets_for(bytes);
-            let calls = sets * MIN_CALLS.div_ceil(sets);
             let (inputs, mut outputs) = buffers(c, sets, t * 2 * d, t * d)?;
             let shape = format!("{t}x{}", 2 * d);
             for act in [Activation::Silu, Activation::GeluTanh] {
-                let us = c.time(calls, |i| act_and_mul(&rt, act, &inputs[i % sets], &mut outputs[i % sets], Shape::contiguous(t, d)))?;
+                let us = c.time(sets, |i| act_and_mul(&rt, act, &inputs[i], &mut outputs[i], Shape::contiguous(t, d)))?;
                 c.record(act.op(), &shape, us, bytes as f64, None)?;
             }
             if !filtered_tokens.contains(&t) {
@@ -86,15 +68,14 @@ pub fn run(c: &mut Ctx) -> anyhow::Result<()> {
                 // Exactly round(t·ratio) rows skipped, at random positions.
                 let skipped = (t as f64 * ratio).round() as usize;
                 let mut ids: Vec<i32> = (0..t).map(|i| if i < skipped { -1 } else { (i % 8) as i32 }).collect();
-                let mut mix = Mix(t as u64 ^ 0xf11e);
+                let mut mix = Rng::new(t as u64 ^ 0xf11e);
                 for i in (1..t).rev() {
-                    ids.swap(i, (mix.next() % (i as u64 + 1)) as usize);
+                    ids.swap(i, mix.below(i as u64 + 1) as usize);
                 }
                 let dev_ids = rt.stream().clone_htod(&ids)?;
                 let opts = Options::new().expert_filter(&dev_ids, 1);
-                let us = c.time(calls, |i| {
-                    act_and_mul_with(&rt, Activation::Silu, &inputs[i % sets], &mut outputs[i % sets], Shape::contiguous(t, d), &opts)
-                })?;
+                let us =
+                    c.time(sets, |i| act_and_mul_with(&rt, Activation::Silu, &inputs[i], &mut outputs[i], Shape::contiguous(t, d), &opts))?;
                 let computed_bytes = (t - skipped) * 3 * d * 2;
                 c.record(&format!("silu_and_mul_filtered_{tag}"), &shape, us, computed_bytes as f64, None)?;
             }

@@ -8,11 +8,6 @@ use kiln_runtime::cudarc::driver::CudaSlice;
 
 use super::{Ctx, sets_for};
 
-/// Calls captured per graph: at least this many (cycling over the input sets), so that a replay's
-/// launch overhead is amortised as in the peers' `do_bench_cudagraph`, which captures hundreds of
-/// calls per graph; with a single large set it would otherwise add microseconds to one call.
-const MIN_CALLS: usize = 16;
-
 /// `n` bf16 values in [-2, 2), deterministic (the values do not affect the timing).
 fn data(n: usize, salt: u32) -> Vec<bf16> {
     (0..n as u32).map(|i| bf16::from_f32(((i.wrapping_mul(2_654_435_761) ^ salt) >> 8) as f32 / (1u32 << 24) as f32 * 4.0 - 2.0)).collect()
@@ -35,8 +30,7 @@ pub fn run(c: &mut Ctx) -> anyhow::Result<()> {
             let w = c.rt.stream().clone_htod(&data(h, 3))?;
             let rt = c.rt.clone();
             let shape = Shape::new(t, h);
-            let us =
-                c.time(sets.max(MIN_CALLS), |i| kiln_rmsnorm::rms_norm_hf(&rt, &xs[i % sets], &w, &mut outs[i % sets], shape, 1e-6))?;
+            let us = c.time(sets, |i| kiln_rmsnorm::rms_norm_hf(&rt, &xs[i], &w, &mut outs[i], shape, 1e-6))?;
             c.record("rmsnorm_hf", &format!("{t}x{h}"), us, bytes as f64, None)?;
         }
     }
@@ -52,8 +46,7 @@ pub fn run(c: &mut Ctx) -> anyhow::Result<()> {
         let sets = sets_for(bytes);
         let xs = upload_sets(c, &data(t * h, 1), sets)?;
         let mut outs = upload_sets(c, &data(t * h, 2), sets)?;
-        let us =
-            c.time(sets.max(MIN_CALLS), |i| kiln_rmsnorm::rms_norm(&rt, &xs[i % sets], &w, &mut outs[i % sets], shape, Norm::fp32(1e-6)))?;
+        let us = c.time(sets, |i| kiln_rmsnorm::rms_norm(&rt, &xs[i], &w, &mut outs[i], shape, Norm::fp32(1e-6)))?;
         c.record("rms_norm", &format!("{t}x{h}"), us, bytes as f64, None)?;
 
         // Reads x and residual, writes both.
@@ -61,9 +54,7 @@ pub fn run(c: &mut Ctx) -> anyhow::Result<()> {
         let sets = sets_for(bytes);
         let mut xs = upload_sets(c, &data(t * h, 1), sets)?;
         let mut rs = upload_sets(c, &data(t * h, 4), sets)?;
-        let us = c.time(sets.max(MIN_CALLS), |i| {
-            kiln_rmsnorm::fused_add_rms_norm(&rt, &mut xs[i % sets], &mut rs[i % sets], &w, shape, Norm::hf(1e-6))
-        })?;
+        let us = c.time(sets, |i| kiln_rmsnorm::fused_add_rms_norm(&rt, &mut xs[i], &mut rs[i], &w, shape, Norm::hf(1e-6)))?;
         c.record("fused_add_rms_norm", &format!("{t}x{h}"), us, bytes as f64, None)?;
     }
     Ok(())
