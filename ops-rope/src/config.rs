@@ -32,7 +32,7 @@ impl Element for bf16 {
         bf16::from_f32(v)
     }
     fn from_f64(v: f64) -> Self {
-        bf16::from_f64(v)
+        kiln_runtime::bf16_from_f64(v)
     }
     fn bits(self) -> u16 {
         self.to_bits()
@@ -47,7 +47,7 @@ impl Element for f16 {
         f16::from_f32(v)
     }
     fn from_f64(v: f64) -> Self {
-        f16::from_f64(v)
+        kiln_runtime::f16_from_f64(v)
     }
     fn bits(self) -> u16 {
         self.to_bits()

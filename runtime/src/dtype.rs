@@ -96,6 +96,32 @@ impl Dtype for i64 {
     const ID: DtypeId = DtypeId::I64;
 }
 
+/// `v` rounded to f32 *to odd*: truncated toward zero, with the last bit set when anything was
+/// cut off. A second round-to-nearest-even from this f32 into any format of at most 22 significand
+/// bits (bf16, f16) is then the correctly rounded result of `v` itself.
+pub fn f64_to_f32_odd(v: f64) -> f32 {
+    let r = v as f32;
+    if r.is_nan() || f64::from(r) == v {
+        return r;
+    }
+    let mut bits = r.to_bits();
+    if f64::from(r).abs() > v.abs() {
+        bits -= 1; // one step toward zero (r ≠ 0 here; an f32 overflow steps down to f32::MAX)
+    }
+    f32::from_bits(bits | 1)
+}
+
+/// f64 → bf16, round to nearest even, correctly rounded. (`half::bf16::from_f64` drops the low 32
+/// bits of the f64 before looking for sticky bits, so a value just above a tie can round down.)
+pub fn bf16_from_f64(v: f64) -> half::bf16 {
+    half::bf16::from_f32(f64_to_f32_odd(v))
+}
+
+/// f64 → f16, round to nearest even, correctly rounded (see [`bf16_from_f64`]).
+pub fn f16_from_f64(v: f64) -> half::f16 {
+    half::f16::from_f32(f64_to_f32_odd(v))
+}
+
 /// One FP8 E4M3 ("e4m3fn": no infinities, NaN = 0x7F/0xFF, max 448) element, stored as its bits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[repr(transparent)]
@@ -255,6 +281,35 @@ pub fn template_expr(name: &str, args: &[TemplateArg]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn f64_rounding_is_correct_near_ties() {
+        // 65.25 is a bf16 tie (65.0 | 65.5); anything above it must round up.
+        let v = f64::from(-65.25002f32);
+        assert_eq!(bf16_from_f64(v).to_f32(), -65.5);
+        assert_eq!(bf16_from_f64(-65.25).to_f32(), -65.0); // exact tie: to even
+        // Ties of f16 with a sticky bit far below: 1 + 2^-11 + 2^-40 must round up.
+        assert_eq!(f16_from_f64(1.0 + 2f64.powi(-11) + 2f64.powi(-40)).to_f32(), 1.0 + 2f32.powi(-10));
+        assert_eq!(f16_from_f64(1.0 + 2f64.powi(-11)).to_f32(), 1.0);
+        assert_eq!(f16_from_f64(1.0 + 2f64.powi(-11) - 2f64.powi(-40)).to_f32(), 1.0);
+        assert_eq!(bf16_from_f64(1e300).to_f32(), f32::INFINITY);
+        assert_eq!(bf16_from_f64(-1e-300).to_bits(), 0x8000);
+        assert!(bf16_from_f64(f64::NAN).is_nan());
+        // Against the nearest of the two neighbours, on values around many ties.
+        let mut x = 0x1234_5678_9abc_def0u64;
+        for _ in 0..20000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let lo = half::bf16::from_bits((x & 0x7f7e) as u16);
+            let hi = half::bf16::from_bits(lo.to_bits() + 1);
+            let (l, h) = (f64::from(lo.to_f32()), f64::from(hi.to_f32()));
+            let t = (x >> 16) as f64 / 2f64.powi(48); // position in [0, 1)
+            let v = l + (h - l) * (0.5 + (t - 0.5) * 2f64.powi(-((x >> 60) as i32 * 3)));
+            let want = if v - l < h - v || (v - l == h - v && lo.to_bits().is_multiple_of(2)) { lo } else { hi };
+            assert_eq!(bf16_from_f64(v), want, "{v:e}");
+        }
+    }
 
     #[test]
     fn cpp_spelling() {

@@ -50,7 +50,7 @@ pub mod telemetry;
 pub use arch::{Arch, Suffix, parse_arch_list};
 pub use cache::{PrewarmResult, Store, prewarm};
 pub use compile::{Compiled, compile, compile_with};
-pub use dtype::{Dtype, DtypeId, E4m3, E8m0, TemplateArg, template_expr};
+pub use dtype::{Dtype, DtypeId, E4m3, E8m0, TemplateArg, bf16_from_f64, f16_from_f64, f64_to_f32_odd, template_expr};
 pub use env::{Backend, Knobs};
 pub use error::{Error, Result};
 pub use launch::{Kernel, Launch, LaunchConfig};

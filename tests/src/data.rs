@@ -82,7 +82,7 @@ macro_rules! half_test_float {
                 <$t>::to_f64(self)
             }
             fn from_f64(v: f64) -> Self {
-                <$t>::from_f64(v)
+                <$t>::from_f32(kiln_runtime::f64_to_f32_odd(v))
             }
             fn bits(self) -> u32 {
                 self.to_bits() as u32

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # kiln GPU CI, run on the GPU machine from the repository root (the carried working tree):
-#   bash target/gpu-bundle/run.sh [tests|sanitize|bench|peers|all]...
+#   bash target/gpu-bundle/run.sh [tests|sanitize|bench|peers|peers-compile|all]...
 # Built by `cargo xtask gpu-ci --pack` (nextest archive, xtask binary, cargo-nextest). Logs, JUnit
 # and bench JSON lines go to $OUT. A missing GPU, NVRTC or nvcc is a failure here.
 set -uo pipefail
@@ -15,7 +15,8 @@ EXT=/tmp/kiln-ext
 mkdir -p "$EXT"
 steps=("$@")
 [ ${#steps[@]} -eq 0 ] && steps=(all)
-has() { for s in "${steps[@]}"; do [ "$s" = "$1" ] || [ "$s" = all ] && return 0; done; return 1; }
+# `all` is every step but peers-compile (minutes of torch.compile).
+has() { for s in "${steps[@]}"; do [ "$s" = "$1" ] || { [ "$s" = all ] && [ "$1" != peers-compile ]; } && return 0; done; return 1; }
 rc=0
 summary=()
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv,noheader 2>&1 | tee "$OUT/gpu.txt"
@@ -57,9 +58,27 @@ if has bench; then
   [ "${PIPESTATUS[0]}" -ne 0 ] && rc=1
 fi
 
-if has peers && [ -f target/peers/bench_peers.py ]; then
-  PYTHONUNBUFFERED=1 python3 target/peers/bench_peers.py 2>&1 | tee "$OUT/peers.log" | grep -v '^{' | tail -5
-  [ -f "$OUT/kiln.jsonl" ] && python3 target/peers/compare.py "$OUT/kiln.jsonl" "$OUT/peers.jsonl" | tee "$OUT/compare.txt"
+# peers: SGLang + torch eager (../shared/peers), then PyTorch's FP8 GEMMs (xtask/peers/torch_gemm.py);
+# peers-compile: torch.compile rows too (slow: one compile per shape; PEERS_COMPILE_ONLY picks the ops).
+if { has peers || has peers-compile; } && [ -f target/peers/bench_peers.py ]; then
+  export PYTHONUNBUFFERED=1
+  : >"$OUT/peers-all.jsonl"
+  if has peers; then
+    python3 target/peers/bench_peers.py 2>&1 | tee "$OUT/peers.log" | grep -v '^{' | tail -5
+    cat "$OUT/peers.jsonl" >>"$OUT/peers-all.jsonl" 2>/dev/null
+    : >"$OUT/peers.jsonl"
+    python3 xtask/peers/torch_gemm.py 2>&1 | tee -a "$OUT/peers.log" | grep -v '^{' | tail -5
+    cat "$OUT/peers.jsonl" >>"$OUT/peers-all.jsonl"
+  fi
+  if has peers-compile; then
+    COMPILE=1 ONLY=${PEERS_COMPILE_ONLY:-activation,rmsnorm} python3 target/peers/bench_peers.py 2>&1 \
+      | tee -a "$OUT/peers.log" | grep -v '^{' | tail -3
+    grep '"torch_compile"' "$OUT/peers.jsonl" >>"$OUT/peers-all.jsonl"
+  fi
+  mv "$OUT/peers-all.jsonl" "$OUT/peers.jsonl"
+  # compare.py pairs rows by (op, shape); the runtime rows have neither.
+  [ -f "$OUT/kiln.jsonl" ] && grep '"shape"' "$OUT/kiln.jsonl" >/tmp/kiln-shaped.jsonl &&
+    python3 target/peers/compare.py /tmp/kiln-shaped.jsonl "$OUT/peers.jsonl" | tee "$OUT/compare.txt"
 fi
 
 printf '%s\n' "${summary[@]}" | tee "$OUT/summary.txt"

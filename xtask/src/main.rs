@@ -7,6 +7,7 @@
 //! | `lint` | fmt check, clippy `-D warnings`, rustdoc `-D warnings`, tidy tests |
 //! | `gpu-ci --pack [--peers]` | build the GPU-machine bundle in `target/gpu-ci/` (`bash target/gpu-ci/run.sh` there) |
 //! | `bench [--ops …] [--out F.jsonl] [--quick]` | time the ops on GPU 0 (JSON lines) |
+//! | `cubin [--ops …] [--filter S] [--arch sm_90a] [--out D]` | compile specs (no cache) and write their CUBIN and PTX to D (for `cuobjdump --dump-sass`) |
 //! | `cache ls\|stats\|verify [--fix]\|gc [--max-bytes N]\|clear [--cache-dir D]` | inspect and maintain the kernel cache |
 //! | `probe` | what CUDA pieces this machine has |
 
@@ -120,6 +121,15 @@ fn main() -> anyhow::Result<()> {
             bench::run(&ops, quick, out.as_deref().map(std::path::Path::new))
         }
         "bench-child" => bench::runtime_costs::child(args),
+        "cubin" => {
+            let ops = args.list("ops")?;
+            let filter = args.value("filter")?.unwrap_or_default();
+            let arch = args.value("arch")?.unwrap_or_else(|| "sm_90a".into());
+            let out = std::path::PathBuf::from(args.value("out")?.unwrap_or_else(|| "target/cubin".into()));
+            args.done()?;
+            bootstrap::ensure_nvrtc()?;
+            dump_cubins(&ops, &filter, &arch, &out)
+        }
         "cache" => cache_cmd::main(args),
         "probe" => {
             args.done()?;
@@ -128,4 +138,25 @@ fn main() -> anyhow::Result<()> {
         }
         other => bail!("unknown command {other:?}"),
     }
+}
+
+/// `cubin`: compiles the selected specs (no cache) and writes `<out>/<spec>@<arch>.cubin` and `.ptx`,
+/// for `cuobjdump --dump-sass` / `-res-usage` (SASS facts for docs/PERF.md).
+fn dump_cubins(ops: &[String], filter: &str, arch: &str, out: &std::path::Path) -> anyhow::Result<()> {
+    let arch: kiln_runtime::Arch = arch.parse()?;
+    let knobs = kiln_runtime::Knobs { cache_disable: true, ..kiln_runtime::Knobs::from_env()? };
+    std::fs::create_dir_all(out)?;
+    for (op, specs) in prewarm::all_ops() {
+        if !ops.is_empty() && !ops.iter().any(|o| o == op) {
+            continue;
+        }
+        for spec in specs.iter().filter(|s| s.name().contains(filter) && s.target_set().allows(s.target_arch(arch))) {
+            let c = kiln_runtime::compile_with(spec, arch, &knobs)?;
+            let stem = out.join(format!("{}@{}", spec.name(), c.arch));
+            std::fs::write(stem.with_extension("cubin"), &c.cubin)?;
+            std::fs::write(stem.with_extension("ptx"), &c.ptx)?;
+            println!("{} ({})", stem.display(), c.lowered_name);
+        }
+    }
+    Ok(())
 }

@@ -35,6 +35,26 @@ pub fn run(c: &mut Ctx) -> anyhow::Result<()> {
         }
     }
 
+    // Every vectorised launch shape at the sizes where the peers come closest (op
+    // `rmsnorm_hf.sweep`, shape `{t}x{h}/g{log2 group}k{chunks}r{rows}`): the data behind the
+    // automatic choice in ops-rmsnorm/src/plan.rs.
+    if !c.quick {
+        for (t, h) in [(65536usize, 128usize), (16384, 128), (8192, 8192), (8192, 4096), (1, 4096), (1, 8192)] {
+            let bytes = 2 * t * h * 2 + h * 2;
+            let sets = sets_for(bytes);
+            let xs = upload_sets(c, &data(t * h, 1), sets)?;
+            let mut outs = upload_sets(c, &data(t * h, 2), sets)?;
+            let w = c.rt.stream().clone_htod(&data(h, 3))?;
+            let rt = c.rt.clone();
+            let shape = Shape::new(t, h);
+            for v in kiln_rmsnorm::variants(h / 8, false).into_iter().filter(|v| !v.scalar && v.chunks_per_thread != 0) {
+                let us = c.time(sets, |i| kiln_rmsnorm::forced::rms_norm(&rt, &xs[i], &w, &mut outs[i], shape, Norm::hf(1e-6), v))?;
+                let tag = format!("{t}x{h}/g{}k{}r{}", v.log2_group, v.chunks_per_thread, v.rows_per_thread);
+                c.record("rmsnorm_hf.sweep", &tag, us, bytes as f64, None)?;
+            }
+        }
+    }
+
     let shapes: &[(usize, usize)] =
         if c.quick { &[(1, 4096), (2048, 4096)] } else { &[(1, 4096), (128, 4096), (2048, 4096), (16384, 4096), (16384, 8192)] };
     for &(t, h) in shapes {

@@ -68,28 +68,24 @@ pub fn run(c: &mut Ctx) -> anyhow::Result<()> {
         c.record_raw(&line)?;
     }
     let _ = std::fs::remove_dir_all(&dir);
-    // Host time per launch: back-to-back launches of a one-block kernel, no synchronisation.
+    // Host time per launch. Launches are timed in batches of 100 with a (untimed) synchronisation
+    // between batches, so that the driver's queue never fills: with it full, the host would wait
+    // for the GPU and the number would be the GPU's time per tiny kernel, not the host's cost.
     let out = c.rt.stream().alloc_zeros::<f32>(32)?;
     let p = NoopParams { out: super::device_ptr(&c.rt, &out), n: 32 };
     for pdl in [false, true] {
         let k = c.rt.kernel(&noop(pdl))?;
-        let launch = || -> kiln_runtime::Result<()> {
-            // SAFETY: NoopParams mirrors the kernel's struct; `out` holds 32 floats, n = 32.
-            unsafe { c.rt.launch(&k, LaunchConfig::linear(1, 32)).run(&p) }
-        };
-        for _ in 0..1000 {
-            launch()?;
-        }
-        c.rt.stream().synchronize()?;
-        let n = 20_000;
-        let t = Instant::now();
-        for _ in 0..n {
-            launch()?;
-        }
-        let host_us = t.elapsed().as_secs_f64() * 1e6 / n as f64;
-        c.rt.stream().synchronize()?;
-        c.record_raw(&format!(r#"{{"op": "runtime", "metric": "host_us_per_launch", "pdl": {pdl}, "us": {host_us:.2}}}"#))?;
+        // SAFETY: NoopParams mirrors the kernel's struct; `out` holds 32 floats, n = 32.
+        let us = host_us(c, || unsafe { c.rt.launch(&k, LaunchConfig::linear(1, 32)).run(&p) })?;
+        c.record_raw(&format!(r#"{{"op": "runtime", "metric": "host_us_per_launch", "pdl": {pdl}, "us": {us:.2}}}"#))?;
     }
+    // The same through a whole op call (validation, kernel lookup, launch): silu_and_mul, 1×(2·4096).
+    let d = 4096;
+    let x = c.rt.stream().alloc_zeros::<half::bf16>(2 * d)?;
+    let mut y = c.rt.stream().alloc_zeros::<half::bf16>(d)?;
+    let shape = kiln_activation::Shape::contiguous(1, d);
+    let us = host_us(c, || kiln_activation::act_and_mul(&c.rt, kiln_activation::Activation::Silu, &x, &mut y, shape))?;
+    c.record_raw(&format!(r#"{{"op": "runtime", "metric": "host_us_per_op_call", "kernel": "silu_and_mul bf16 1x8192", "us": {us:.2}}}"#))?;
     Ok(())
 }
 
@@ -119,4 +115,25 @@ pub fn child(args: crate::Args) -> anyhow::Result<()> {
         rt.arch()
     );
     Ok(())
+}
+
+/// Median host µs per call of `f` over 50 batches of 100 calls, synchronising between batches.
+fn host_us<E>(c: &Ctx, mut f: impl FnMut() -> Result<(), E>) -> anyhow::Result<f64>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let mut per_batch = Vec::new();
+    for b in 0..60 {
+        c.rt.stream().synchronize()?;
+        let t = Instant::now();
+        for _ in 0..100 {
+            f()?;
+        }
+        if b >= 10 {
+            per_batch.push(t.elapsed().as_secs_f64() * 1e6 / 100.0);
+        }
+    }
+    c.rt.stream().synchronize()?;
+    per_batch.sort_by(f64::total_cmp);
+    Ok(per_batch[per_batch.len() / 2])
 }
