@@ -19,9 +19,9 @@ const MAX_THREADS: usize = 512;
 /// Threads per CTA targeted when several rows share a CTA.
 const ROWS_CTA_THREADS: usize = 256;
 
-/// Several rows per thread once a one-row-per-thread grid would take more than this many waves
-/// of resident CTAs (counting 2048 threads per SM): small grids are latency-bound and keep the
-/// lighter one-row kernel.
+/// Several rows per thread (kernels of two or more chunks per thread only) once a
+/// one-row-per-thread grid would take more than this many waves of resident CTAs (counting 2048
+/// threads per SM): small grids are latency-bound and keep the lighter one-row kernel.
 const MULTI_ROW_WAVES: usize = 3;
 
 /// A launch shape of the kernels (they all give bit-identical results; tests force each one).
@@ -291,7 +291,10 @@ pub(crate) fn plan(r: &Request) -> Result<Option<Plan>> {
             // The element-wise path holds one row per thread (rmsnorm.cuh).
             let n = match var.rows_per_thread {
                 _ if !vec => 1,
-                0 if rows.div_ceil(rows_per_slot) > MULTI_ROW_WAVES * resident => most,
+                // Measured (bench rmsnorm_hf.sweep, H100): one row per thread is best for the
+                // one-chunk kernels (65536×128: 13.3 µs vs 13.6 with four), several rows only pay
+                // off for long rows (8192×8192: 92.0 µs with two vs 104.5 with one).
+                0 if k > 1 && rows.div_ceil(rows_per_slot) > MULTI_ROW_WAVES * resident => most,
                 0 => 1,
                 n => n as usize,
             };
@@ -397,12 +400,12 @@ mod tests {
     #[test]
     fn default_shapes() {
         let p = |rows, hidden| plan(&req(rows, hidden)).unwrap().unwrap();
-        // hidden 128 bf16: 16 chunks, half a warp per row, 16 rows per 256-thread CTA; one row
-        // per thread up to 3 waves of 132 × 8 CTAs, four rows beyond (65536 rows: 4096 CTAs).
+        // hidden 128 bf16: 16 chunks, half a warp per row, 16 rows per 256-thread CTA, one row
+        // per thread at every row count (65536 rows: 4096 CTAs).
         let a = p(8192, 128);
         assert_eq!((a.kind, a.log2_group, a.block, a.grid, a.rows_per_thread, a.vec), (Kind::Rows1, 4, 256, 512, 1, true));
         let a = p(65536, 128);
-        assert_eq!((a.kind, a.block, a.grid, a.rows_per_thread), (Kind::Rows1x4, 256, 1024, 4));
+        assert_eq!((a.kind, a.block, a.grid, a.rows_per_thread), (Kind::Rows1, 256, 4096, 1));
         let a = p(16384, 128);
         assert_eq!((a.grid, a.rows_per_thread), (1024, 1));
         // x 4096: one row per 256-thread CTA up to 3168 rows, two beyond.

@@ -28,16 +28,20 @@
 // h·head_dim (strides in elements, offsets in 64 bits). The packed-qkv forms pass q = qkv,
 // k = qkv + nq·head_dim and the row stride for both.
 //
-// Launch: grid (tokens, head chunks), block = heads of the chunk × lanes, one head per group of
+// Launch: grid (tokens, head chunks), block = heads of the chunk × lanes (rounded up to whole warps)
+// + table threads (whole warps; see plan.rs), one head per group of
 // `lanes` = pow2ceil(head_dim / 16) consecutive lanes. The head's 8-element chunks are split in two
 // regions: NeoX puts the rotary chunks [0, A = rotary_dim/8) first, lane l < A/2 holding chunks l and
 // l + A/2 — element j of one pairs with element j of the other, so no data crosses lanes; the rest
 // [A, head_dim/8) (all chunks for interleaved, A = 0) goes to the next lanes, lane A/2 + m holding
 // chunks A + m and A + ⌈(head_dim/8 − A)/2⌉ + m (when it exists). A chunk is one 16-byte vector when
 // q, k and both row strides are 16-byte aligned (kVec), else 8 scalar accesses (same arithmetic).
-// Each lane issues its two loads first; while they are in flight the CTA fills a shared (cos, sin)
-// table for its token (pairs spread over the threads) and stages the q/k weights as f32; after the
-// one barrier every lane normalises, rotates and stores its chunks.
+// Each head lane issues its two loads (and the head threads stage the q/k weights in shared memory
+// as f32), then computes its head's 1/rms; meanwhile the table warps (after the head warps; one
+// thread per pair for few tokens, one per two pairs for many) fill a shared (cos, sin) table for the token, so the fp64
+// table and the reduction overlap. After the one barrier every head lane scales, rotates and
+// stores its chunks. Launch bounds of 4 CTAs × 512 threads (≤ 32 registers): at 16384 tokens
+// 4-6% faster than 3 (40 registers), which is faster only around 512 tokens.
 #pragma once
 #include <kiln/common.cuh>
 #include <kiln/convert.cuh>
@@ -286,17 +290,23 @@ KILN_DEVICE void rotate_interleaved(float* e, const float2* table, int pair0, in
   }
 }
 
-// Normalises (kNorm), rotates and rounds one lane's 16 elements in place; `e` holds them widened.
+// 1/rms of the lane's head (kNorm): its part of Σx² in order, the group's butterfly, then
+// RN(1 / RN(sqrt(RN(mean) + eps))). Every lane of the warp must call it (shuffles).
+KILN_DEVICE float head_rstd(const float (&e)[2 * kElems], const Params& p, int lanes) {
+  float ss = 0.0f;
+#pragma unroll
+  for (int j = 0; j < 2 * kElems; ++j) ss = __fmaf_rn(e[j], e[j], ss);
+  ss = lanes_sum(ss, lanes);
+  const float mean = p.inv_head_dim != 0.0f ? __fmul_rn(ss, p.inv_head_dim) : __fdiv_rn(ss, static_cast<float>(p.head_dim));
+  return kiln::rsqrt_rn(__fadd_rn(mean, p.eps));
+}
+
+// Scales by r and the weights (kNorm), rotates and rounds one lane's 16 elements in place; `e`
+// holds them widened.
 template <typename T, bool kNorm>
-KILN_DEVICE void transform(float (&e)[2 * kElems], const Params& p, const LaneChunks& lc, bool on, bool is_q, int lanes,
+KILN_DEVICE void transform(float (&e)[2 * kElems], const Params& p, const LaneChunks& lc, bool on, bool is_q, float r,
                            const float2* table, const float (*weights)[kMaxHeadDim], int l) {
   if constexpr (kNorm) {
-    float ss = 0.0f;
-#pragma unroll
-    for (int j = 0; j < 2 * kElems; ++j) ss = __fmaf_rn(e[j], e[j], ss);
-    ss = lanes_sum(ss, lanes);
-    const float mean = p.inv_head_dim != 0.0f ? __fmul_rn(ss, p.inv_head_dim) : __fdiv_rn(ss, static_cast<float>(p.head_dim));
-    const float r = kiln::rsqrt_rn(__fadd_rn(mean, p.eps));
     const float* w = weights[is_q ? 0 : 1];
 #pragma unroll
     for (int q = 0; q < 2; ++q) {
@@ -329,10 +339,16 @@ KILN_DEVICE void transform(float (&e)[2 * kElems], const Params& p, const LaneCh
   }
 }
 
+// Head threads of a CTA: its heads' lane groups, in whole warps; the threads after them (the host
+// picks how many, in whole warps) build the table.
+KILN_DEVICE int head_threads_of(const Params& p) {
+  return ((p.heads_per_cta << p.lanes_log2) + 31) & ~31;
+}
+
 }  // namespace kiln_rope
 
 template <typename T, bool kNorm, bool kVec, bool kPdl>
-__global__ void __launch_bounds__(kiln_rope::kMaxThreads) rope_kernel(const __grid_constant__ kiln_rope::Params p) {
+__global__ void __launch_bounds__(kiln_rope::kMaxThreads, 4) rope_kernel(const __grid_constant__ kiln_rope::Params p) {
   using namespace kiln_rope;
   __shared__ __align__(16) float2 table[kMaxPairs];
   __shared__ __align__(16) float weights[2][kMaxHeadDim];
@@ -340,12 +356,15 @@ __global__ void __launch_bounds__(kiln_rope::kMaxThreads) rope_kernel(const __gr
   const int lanes_log2 = p.lanes_log2;
   const int lanes = 1 << lanes_log2;
   const int tid = static_cast<int>(threadIdx.x);
+  const int pairs = p.rotary_dim >> 1;
+  const int head_threads = head_threads_of(p);
+  const int n_table = static_cast<int>(blockDim.x) - head_threads;  // a multiple of 32
+  const bool table_warp = tid >= head_threads;                       // warp-uniform
   const int l = tid & (lanes - 1);
   const int group = tid >> lanes_log2;
   const long long token = blockIdx.x;
   const int h = static_cast<int>(blockIdx.y) * p.heads_per_cta + group;
-  const bool on = group < p.heads_per_cta && h < p.nq + p.nk;
-  const int pairs = p.rotary_dim >> 1;
+  const bool on = !table_warp && group < p.heads_per_cta && h < p.nq + p.nk;
   const LaneChunks lc = lane_chunks(l, p.head_dim, p.rotary_dim, (p.flags & kInterleaved) != 0);
   const bool on0 = on && lc.has0, on1 = on && lc.has1;
 
@@ -355,31 +374,41 @@ __global__ void __launch_bounds__(kiln_rope::kMaxThreads) rope_kernel(const __gr
   // Positions, weights and qkv may all come from the previous kernel, and qkv is written here.
   kiln::pdl_wait<kPdl>();
 
-  long long pos = 0;
-  if (tid < pairs) {
-    pos = (p.flags & kPosI64) ? static_cast<const long long*>(p.positions)[token]
-                              : static_cast<long long>(static_cast<const int*>(p.positions)[token]);
-  }
-  Chunk raw0 = {}, raw1 = {};
-  if (on0) raw0 = load_chunk<kVec>(base + lc.c0 * kElems);
-  if (on1) raw1 = load_chunk<kVec>(base + lc.c1 * kElems);
-  kiln::pdl_launch_dependents<kPdl>();
-
-  // While the loads are in flight: the token's (cos, sin) table and the weights, in f32.
-  for (int i = tid; i < pairs; i += blockDim.x) table[i] = cos_sin(static_cast<double>(pos), p.freq[i]);
-  if constexpr (kNorm) {
-    const bool f32 = (p.flags & kWeightF32) != 0;
-    for (int i = tid; i < p.head_dim; i += blockDim.x) {
-      weights[0][i] = load_weight<T>(p.q_weight, i, f32);
-      weights[1][i] = load_weight<T>(p.k_weight, i, f32);
+  float e[2 * kElems];
+  float r = 1.0f;
+  if (table_warp) {
+    // The table warps: the token's (cos, sin) pairs, one or two per thread, while the head warps
+    // load and reduce their heads.
+    const long long pos = (p.flags & kPosI64) ? static_cast<const long long*>(p.positions)[token]
+                                              : static_cast<long long>(static_cast<const int*>(p.positions)[token]);
+#pragma unroll 1
+    for (int i = tid - head_threads; i < pairs; i += n_table) table[i] = cos_sin(static_cast<double>(pos), p.freq[i]);
+    kiln::pdl_launch_dependents<kPdl>();
+  } else {
+    Chunk raw0 = {}, raw1 = {};
+    if (on0) raw0 = load_chunk<kVec>(base + lc.c0 * kElems);
+    if (on1) raw1 = load_chunk<kVec>(base + lc.c1 * kElems);
+    float wq = 0.0f, wk = 0.0f;
+    if constexpr (kNorm) {
+      // One element of each weight per head thread (a few when a CTA has fewer head threads
+      // than head_dim), loaded next to the chunks.
+      const bool f32 = (p.flags & kWeightF32) != 0;
+      for (int i = tid; i < p.head_dim; i += head_threads) {
+        wq = load_weight<T>(p.q_weight, i, f32);
+        wk = load_weight<T>(p.k_weight, i, f32);
+        weights[0][i] = wq;
+        weights[1][i] = wk;
+      }
     }
+    kiln::pdl_launch_dependents<kPdl>();
+    widen(raw0, e, T());
+    widen(raw1, e + kElems, T());
+    if constexpr (kNorm) r = head_rstd(e, p, lanes);
   }
   __syncthreads();
+  if (table_warp) return;
 
-  float e[2 * kElems];
-  widen(raw0, e, T());
-  widen(raw1, e + kElems, T());
-  transform<T, kNorm>(e, p, lc, on, h < p.nq, lanes, table, weights, l);
+  transform<T, kNorm>(e, p, lc, on, h < p.nq, r, table, weights, l);
 
   if (on0) store_chunk<kVec>(base + lc.c0 * kElems, narrow(e, T()));
   if (on1) store_chunk<kVec>(base + lc.c1 * kElems, narrow(e + kElems, T()));

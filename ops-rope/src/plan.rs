@@ -83,16 +83,28 @@ pub(crate) fn lanes_per_head(head_dim: usize) -> usize {
 /// Grid, block, heads per CTA and log2(lanes per head) for `heads` q+k heads of `tokens` tokens.
 ///
 /// One CTA per token and chunk of heads, a group of [`lanes_per_head`] lanes per head, so that
-/// each lane loads its two 16-byte chunks at once. Heads are split into as few equal chunks as keep
-/// a CTA within [`MAX_THREADS`] threads.
-pub(crate) fn launch_shape(tokens: usize, heads: usize, head_dim: usize) -> ((u32, u32), u32, u32, u32) {
+/// each lane loads its two 16-byte chunks at once, plus [`table_threads`]`(pairs)`. Heads are split
+/// into as few equal chunks as keep a CTA within [`MAX_THREADS`] threads.
+pub(crate) fn launch_shape(tokens: usize, heads: usize, head_dim: usize, pairs: usize) -> ((u32, u32), u32, u32, u32) {
     let lanes = lanes_per_head(head_dim);
     let groups_per_warp = 32 / lanes;
-    let max_groups = MAX_THREADS / lanes;
+    let max_groups = (MAX_THREADS - table_threads(MAX_HEAD_DIM / 2, 0)) / lanes;
     let chunks = heads.div_ceil(max_groups);
     let heads_per_cta = heads.div_ceil(chunks);
     let groups = heads_per_cta.next_multiple_of(groups_per_warp);
-    ((tokens as u32, chunks as u32), (groups * lanes) as u32, heads_per_cta as u32, lanes.trailing_zeros())
+    ((tokens as u32, chunks as u32), (groups * lanes + table_threads(pairs, tokens)) as u32, heads_per_cta as u32, lanes.trailing_zeros())
+}
+
+/// From this many tokens on, a table thread computes two pairs: fewer threads per CTA (more CTAs
+/// resident) matter more than the table's latency (measured on the H100: hd 256 at 16384 tokens
+/// 108 µs with two pairs per thread vs 112 with one; at 1 token 2.4 µs vs 1.8).
+pub(crate) const TWO_PAIRS_FROM_TOKENS: usize = 1024;
+
+/// Threads after the head lanes that build the (cos, sin) table, in whole warps: one per rotary
+/// pair, or one per two pairs from [`TWO_PAIRS_FROM_TOKENS`] tokens on.
+pub(crate) fn table_threads(pairs: usize, tokens: usize) -> usize {
+    let per_thread = if tokens >= TWO_PAIRS_FROM_TOKENS { 2 } else { 1 };
+    pairs.div_ceil(per_thread).next_multiple_of(32)
 }
 
 thread_local! {
@@ -124,7 +136,7 @@ pub(crate) fn plan(tokens: usize, nq: usize, nk: usize, head_dim: usize, rope: &
     if tokens == 0 || heads == 0 {
         return None;
     }
-    let (grid, block, heads_per_cta, lanes_log2) = launch_shape(tokens, heads, head_dim);
+    let (grid, block, heads_per_cta, lanes_log2) = launch_shape(tokens, heads, head_dim, rope.rotary_dim / 2);
     let mut flags = 0;
     if rope.style == RopeStyle::Interleaved {
         flags |= ffi::INTERLEAVED;
@@ -167,7 +179,8 @@ mod tests {
         for hd in (8..=256).step_by(8) {
             for heads in [1, 2, 3, 5, 9, 18, 36, 40, 48, 68, 72, 129, 300, 1000, 65535] {
                 for tokens in [1, 7, 16384, 1 << 20] {
-                    let ((gx, gy), block, hpc, log2) = launch_shape(tokens, heads, hd);
+                    let pairs = hd / 2;
+                    let ((gx, gy), block, hpc, log2) = launch_shape(tokens, heads, hd, pairs);
                     let lanes = 1usize << log2;
                     assert!(
                         lanes * 2 * LANE_ELEMS >= hd && lanes <= 16 && (lanes == 1 || lanes * LANE_ELEMS < hd),
@@ -176,7 +189,11 @@ mod tests {
                     assert_eq!(gx as usize, tokens);
                     assert!(block as usize <= MAX_THREADS && block.is_multiple_of(32), "block {block}");
                     let hpc = hpc as usize;
-                    assert!(block as usize / lanes >= hpc, "hd {hd} heads {heads}: {hpc} heads over {block} threads");
+                    let head_threads = block as usize - table_threads(pairs, tokens);
+                    assert!(
+                        head_threads.is_multiple_of(32) && head_threads / lanes >= hpc,
+                        "hd {hd} heads {heads}: {hpc} heads over {block} threads"
+                    );
                     assert!(gy as usize * hpc >= heads && (gy as usize - 1) * hpc < heads, "chunks {gy} x {hpc} for {heads}");
                 }
             }
@@ -185,10 +202,12 @@ mod tests {
 
     #[test]
     fn launch_shape_examples() {
-        assert_eq!(launch_shape(1, 36, 128), ((1, 1), 288, 36, 3));
-        assert_eq!(launch_shape(16384, 68, 128), ((16384, 2), 288, 34, 3));
-        assert_eq!(launch_shape(16384, 18, 256), ((16384, 1), 288, 18, 4));
-        assert_eq!(launch_shape(3, 360, 64), ((3, 3), 480, 120, 2));
+        assert_eq!(launch_shape(1, 36, 128, 64), ((1, 1), 288 + 64, 36, 3));
+        assert_eq!(launch_shape(16384, 68, 128, 64), ((16384, 2), 288 + 32, 34, 3));
+        assert_eq!(launch_shape(7, 18, 256, 128), ((7, 1), 288 + 128, 18, 4));
+        assert_eq!(launch_shape(16384, 18, 256, 128), ((16384, 1), 288 + 64, 18, 4));
+        assert_eq!(launch_shape(16384, 18, 256, 32), ((16384, 1), 288 + 32, 18, 4));
+        assert_eq!(launch_shape(3, 360, 64, 32), ((3, 4), 384 + 32, 90, 2));
     }
 
     #[test]
