@@ -81,5 +81,8 @@ if { has peers || has peers-compile; } && [ -f target/peers/bench_peers.py ]; th
     python3 target/peers/compare.py /tmp/kiln-shaped.jsonl "$OUT/peers.jsonl" | tee "$OUT/compare.txt"
 fi
 
-printf '%s\n' "${summary[@]}" | tee "$OUT/summary.txt"
+printf '%s\n' "${summary[@]}" | tee -a "$OUT/summary.txt"
+# The device tool brings back at most 8 files: keep the results loose, pack the logs.
+(cd "$OUT" && logs=$(ls | grep -vE '^(summary\.txt|compare\.txt|kiln\.jsonl|peers\.jsonl|junit\.xml|logs\.tar\.gz)$') &&
+  [ -n "$logs" ] && tar czf logs.tar.gz.new $logs logs.tar.gz 2>/dev/null; [ -f logs.tar.gz.new ] && rm -f $logs && mv logs.tar.gz.new logs.tar.gz)
 exit $rc
