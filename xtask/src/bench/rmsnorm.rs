@@ -17,19 +17,35 @@ fn upload_sets(c: &Ctx, host: &[bf16], sets: usize) -> anyhow::Result<Vec<CudaSl
     (0..sets).map(|_| Ok(c.rt.stream().clone_htod(host)?)).collect()
 }
 
+/// The buffers of one `rmsnorm_hf` shape: rotated input and output sets and the weight.
+struct Hf {
+    bytes: usize,
+    sets: usize,
+    xs: Vec<CudaSlice<bf16>>,
+    outs: Vec<CudaSlice<bf16>>,
+    w: CudaSlice<bf16>,
+    shape: Shape,
+}
+
+impl Hf {
+    fn new(c: &Ctx, t: usize, h: usize) -> anyhow::Result<Hf> {
+        let bytes = 2 * t * h * 2 + h * 2;
+        let sets = sets_for(bytes);
+        let xs = upload_sets(c, &data(t * h, 1), sets)?;
+        let outs = upload_sets(c, &data(t * h, 2), sets)?;
+        let w = c.rt.stream().clone_htod(&data(h, 3))?;
+        Ok(Hf { bytes, sets, xs, outs, w, shape: Shape::new(t, h) })
+    }
+}
+
 /// Times every shape.
 pub fn run(c: &mut Ctx) -> anyhow::Result<()> {
     let toks: &[usize] = if c.quick { &[1, 32, 256, 2048, 8192] } else { &[1, 8, 32, 128, 512, 2048, 8192, 16384] };
     for h in [128usize, 4096, 8192] {
         let extra: &[usize] = if h == 128 { &[65536] } else { &[] };
         for &t in toks.iter().chain(extra) {
-            let bytes = 2 * t * h * 2 + h * 2;
-            let sets = sets_for(bytes);
-            let xs = upload_sets(c, &data(t * h, 1), sets)?;
-            let mut outs = upload_sets(c, &data(t * h, 2), sets)?;
-            let w = c.rt.stream().clone_htod(&data(h, 3))?;
+            let Hf { bytes, sets, xs, mut outs, w, shape } = Hf::new(c, t, h)?;
             let rt = c.rt.clone();
-            let shape = Shape::new(t, h);
             let us = c.time(sets, |i| kiln_rmsnorm::rms_norm_hf(&rt, &xs[i], &w, &mut outs[i], shape, 1e-6))?;
             c.record("rmsnorm_hf", &format!("{t}x{h}"), us, bytes as f64, None)?;
         }
@@ -40,13 +56,8 @@ pub fn run(c: &mut Ctx) -> anyhow::Result<()> {
     // automatic choice in ops-rmsnorm/src/plan.rs.
     if !c.quick {
         for (t, h) in [(65536usize, 128usize), (16384, 128), (8192, 8192), (8192, 4096), (1, 4096), (1, 8192)] {
-            let bytes = 2 * t * h * 2 + h * 2;
-            let sets = sets_for(bytes);
-            let xs = upload_sets(c, &data(t * h, 1), sets)?;
-            let mut outs = upload_sets(c, &data(t * h, 2), sets)?;
-            let w = c.rt.stream().clone_htod(&data(h, 3))?;
+            let Hf { bytes, sets, xs, mut outs, w, shape } = Hf::new(c, t, h)?;
             let rt = c.rt.clone();
-            let shape = Shape::new(t, h);
             for v in kiln_rmsnorm::variants(h / 8, false).into_iter().filter(|v| !v.scalar && v.chunks_per_thread != 0) {
                 let us = c.time(sets, |i| kiln_rmsnorm::forced::rms_norm(&rt, &xs[i], &w, &mut outs[i], shape, Norm::hf(1e-6), v))?;
                 let tag = format!("{t}x{h}/g{}k{}r{}", v.log2_group, v.chunks_per_thread, v.rows_per_thread);
