@@ -5,7 +5,7 @@
 //! | `prewarm [--arch sm_90a,sm_100a] [--ops a,b] [--cache-dir D] [--check] [--jobs N]` | compile every kernel of the selected ops into the cache (no GPU needed) |
 //! | `test [args…]` | the test suite with NVRTC required (installs the pinned NVRTC wheels into `.venv-nvrtc/` if needed) |
 //! | `lint` | fmt check, clippy `-D warnings`, rustdoc `-D warnings`, tidy tests |
-//! | `gpu-ci --pack [--peers]` | build the GPU-machine bundle in `target/gpu-ci/` (`bash target/gpu-ci/run.sh` there) |
+//! | `gpu-ci --pack [--peers]` | build the GPU-machine bundle in `target/gpu-bundle/` (`bash target/gpu-bundle/run.sh` there) |
 //! | `bench [--ops …] [--out F.jsonl] [--quick]` | time the ops on GPU 0 (JSON lines) |
 //! | `cubin [--ops …] [--filter S] [--arch sm_90a] [--out D]` | compile specs (no cache) and write their CUBIN and PTX to D (for `cuobjdump --dump-sass`) |
 //! | `cache ls\|stats\|verify [--fix]\|gc [--max-bytes N]\|clear [--cache-dir D]` | inspect and maintain the kernel cache |
