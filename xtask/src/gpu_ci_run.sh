@@ -32,7 +32,9 @@ if has tests; then
   "$G/cargo-nextest" nextest run --archive-file "$G/tests.tar.zst" --workspace-remap . \
     --extract-to "$EXT" --extract-overwrite --profile ci --no-fail-fast 2>&1 | tee "$OUT/nextest.log"
   r=${PIPESTATUS[0]}
-  cp "$EXT"/target/nextest/ci/junit.xml "$OUT/junit.xml" 2>/dev/null
+  # With --archive-file the report lands under the extraction or the remapped workspace.
+  j=$(find "$EXT/target" target/nextest -name junit.xml -path '*/ci/*' 2>/dev/null | head -1)
+  [ -n "$j" ] && cp "$j" "$OUT/junit.xml"
   line=$(grep -E "^ +Summary" "$OUT/nextest.log" | tail -1)
   summary+=("tests: rc=$r $(echo $line) ($(( $(date +%s) - t0 )) s)")
   [ "$r" -ne 0 ] && rc=1
