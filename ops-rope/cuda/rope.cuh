@@ -38,9 +38,9 @@
 // q, k and both row strides are 16-byte aligned (kVec), else 8 scalar accesses (same arithmetic).
 // Each head lane issues its two loads (and the head threads stage the q/k weights in shared memory
 // as f32), then computes its head's 1/rms; meanwhile the table warps (after the head warps; one
-// thread per pair for few tokens, one per two pairs for many) fill a shared (cos, sin) table for the token, so the fp64
-// table and the reduction overlap. After the one barrier every head lane scales, rotates and
-// stores its chunks. Launch bounds of 3 CTAs × 512 threads (≤ 40 registers, no spills): measured
+// thread per pair for few tokens, one per two pairs for many) fill a shared (cos, sin) table for
+// the token, so the fp64 table and the reduction overlap. After the one barrier every head lane
+// scales, rotates and stores its chunks. Launch bounds of 3 CTAs × 512 threads (≤ 40 registers, no spills): measured
 // against 4 × 512 (32 registers, 16 bytes of spills) on the H100, 3-5% faster up to 2048 tokens
 // (up to 20% at 512) and 3-4% slower at 8192-16384.
 #pragma once
@@ -389,16 +389,13 @@ __global__ void __launch_bounds__(kiln_rope::kMaxThreads, 3) rope_kernel(const _
     Chunk raw0 = {}, raw1 = {};
     if (on0) raw0 = load_chunk<kVec>(base + lc.c0 * kElems);
     if (on1) raw1 = load_chunk<kVec>(base + lc.c1 * kElems);
-    float wq = 0.0f, wk = 0.0f;
     if constexpr (kNorm) {
       // One element of each weight per head thread (a few when a CTA has fewer head threads
       // than head_dim), loaded next to the chunks.
       const bool f32 = (p.flags & kWeightF32) != 0;
       for (int i = tid; i < p.head_dim; i += head_threads) {
-        wq = load_weight<T>(p.q_weight, i, f32);
-        wk = load_weight<T>(p.k_weight, i, f32);
-        weights[0][i] = wq;
-        weights[1][i] = wk;
+        weights[0][i] = load_weight<T>(p.q_weight, i, f32);
+        weights[1][i] = load_weight<T>(p.k_weight, i, f32);
       }
     }
     kiln::pdl_launch_dependents<kPdl>();

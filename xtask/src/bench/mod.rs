@@ -162,7 +162,8 @@ struct CopyParams {
     n: i64,
 }
 
-/// Device-to-device copy of 1 GiB with a vector-copy kernel (what `torch.copy_` does too).
+/// Device-to-device copies of 64 MiB to 1 GiB, with a vector-copy kernel (what `torch.copy_` does
+/// too) and with cuMemcpyDtoDAsync: the bandwidth ceilings the ops are compared with.
 pub fn copy(c: &mut Ctx) -> anyhow::Result<()> {
     let total = 1usize << 30;
     let stream = c.rt.stream().clone();
@@ -175,9 +176,9 @@ pub fn copy(c: &mut Ctx) -> anyhow::Result<()> {
     // nothing is served from L2: the ceiling for the ops of the same size.
     let sizes: &[(usize, &str)] =
         if c.quick { &[(total, "1GiB")] } else { &[(64 << 20, "64MiB"), (128 << 20, "128MiB"), (256 << 20, "256MiB"), (total, "1GiB")] };
+    let (s0, d0) = (device_ptr(&c.rt, &src), device_ptr(&c.rt, &dst));
     for &(bytes, name) in sizes {
         let sets = total / bytes;
-        let (s0, d0) = (device_ptr(&c.rt, &src), device_ptr(&c.rt, &dst));
         let us = c.time(sets, |i| {
             let off = (i * bytes) as u64;
             let p = CopyParams { input: s0 + off, out: d0 + off, n: (bytes / 16) as i64 };
