@@ -305,45 +305,37 @@ KILN_DEVICE i64* table_ends(unsigned char* smem, int n) {
   return reinterpret_cast<i64*>(smem + sizeof(Expert) * n);
 }
 
-}  // namespace mxfp8
-
-template <typename T, bool kVec, bool kPdl>
-__global__ void __launch_bounds__(mxfp8::kThreads, mxfp8::kMinBlocks) mxfp8_quantize(const Mxfp8Params p) {
-  using namespace mxfp8;
-  extern __shared__ __align__(16) unsigned char smem[];
+// The body both kernels share: after the PDL wait, the expert table in `smem` (tiles per expert:
+// its rows, rounded up to whole 128-row atoms when kPaddingTiles and the layout is blocked, in
+// 64-row tiles × column tiles), then `f(lane)` for this CTA's tiles.
+template <bool kPdl, bool kPaddingTiles, typename F>
+KILN_DEVICE void over_tiles(const Mxfp8Params& p, unsigned char* smem, F&& f) {
   const ExpertMeta meta = meta_of(p);
   Expert* experts = table_experts(smem);
   i64* ends = table_ends(smem, table_size(meta));
   const i64 ktiles = (p.k + kTileCols - 1) / kTileCols;
-  const bool blocked = p.layout == kBlocked;
+  const bool atoms = kPaddingTiles && p.layout == kBlocked;
   kiln::pdl_wait<kPdl>();
   const i64 total = build_table<kThreads>(meta, experts, ends, [&](const Expert& e) -> i64 {
-    // Blocked: whole 128-row atoms, so the padding rows are tiles too.
-    const i64 rows = blocked ? (static_cast<i64>(e.rows) + kAtomRows - 1) / kAtomRows * kAtomRows : e.rows;
+    const i64 rows = atoms ? (static_cast<i64>(e.rows) + kAtomRows - 1) / kAtomRows * kAtomRows : e.rows;
     return (rows + kTileRows - 1) / kTileRows * ktiles;
   });
   kiln::pdl_launch_dependents<kPdl>();
   const i64 nkb = p.k / kBlock;
-  for_each_tile(experts, ends, total, [&](const Expert& e, i64 tile) {
-    quantize_tile<T, kVec>(p, lane_at(p, e, tile, ktiles, nkb));
-  });
+  for_each_tile(experts, ends, total, [&](const Expert& e, i64 tile) { f(lane_at(p, e, tile, ktiles, nkb)); });
+}
+
+}  // namespace mxfp8
+
+template <typename T, bool kVec, bool kPdl>
+__global__ void __launch_bounds__(mxfp8::kThreads, mxfp8::kMinBlocks) mxfp8_quantize(const Mxfp8Params p) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  // Blocked: whole 128-row atoms, so the padding rows are tiles too.
+  mxfp8::over_tiles<kPdl, true>(p, smem, [&](const mxfp8::LaneAt& l) { mxfp8::quantize_tile<T, kVec>(p, l); });
 }
 
 template <typename T, bool kVec, bool kPdl>
 __global__ void __launch_bounds__(mxfp8::kThreads, mxfp8::kMinBlocks) mxfp8_dequantize(const Mxfp8Params p) {
-  using namespace mxfp8;
   extern __shared__ __align__(16) unsigned char smem[];
-  const ExpertMeta meta = meta_of(p);
-  Expert* experts = table_experts(smem);
-  i64* ends = table_ends(smem, table_size(meta));
-  const i64 ktiles = (p.k + kTileCols - 1) / kTileCols;
-  kiln::pdl_wait<kPdl>();
-  const i64 total = build_table<kThreads>(meta, experts, ends, [&](const Expert& e) -> i64 {
-    return (static_cast<i64>(e.rows) + kTileRows - 1) / kTileRows * ktiles;
-  });
-  kiln::pdl_launch_dependents<kPdl>();
-  const i64 nkb = p.k / kBlock;
-  for_each_tile(experts, ends, total, [&](const Expert& e, i64 tile) {
-    dequantize_tile<T, kVec>(p, lane_at(p, e, tile, ktiles, nkb));
-  });
+  mxfp8::over_tiles<kPdl, false>(p, smem, [&](const mxfp8::LaneAt& l) { mxfp8::dequantize_tile<T, kVec>(p, l); });
 }
