@@ -11,8 +11,11 @@
 //! views, both output dtypes. Every output is poisoned first: rows of an expert must be fully
 //! written (finite), other rows untouched. Sampled outputs (full rows plus random columns) are
 //! compared with the exact f64 product of the dequantized operands (‖out − ref‖/‖ref‖ ≤ 2e-3 and
-//! an element-wise bound) and, per expert, with SGLang's calc_diff against the unquantized
-//! product (< 1e-3).
+//! an element-wise bound) and, per expert with ≥ 1024 samples, with SGLang's calc_diff against
+//! the unquantized product (< 1e-3). calc_diff measures the quantization itself (its expectation
+//! for RCEIL MXFP8 on N(0,1) data is ≈ 6–8e-4 whatever the kernel does); over a few hundred
+//! outputs its sampling spread crosses 1e-3 (run 16: 1.017e-3 over 128 outputs of one token), so
+//! small experts are held to the two bounds against the exact product only.
 
 use half::{bf16, f16};
 use kiln_mxfp8::gemm_reference::{GemmOperands, RowOwner, calc_diff, relative_error, row_owners};
@@ -329,9 +332,14 @@ impl Refs {
     }
 }
 
+/// Fewest samples of an expert for the calc_diff bound (a statistic of the quantization: see the
+/// module doc).
+const CALC_DIFF_SAMPLES: usize = 1024;
+
 /// Checks a GEMM output against the reference: coverage (owned rows finite, others untouched),
-/// relative error of the samples ≤ 2e-3, an element-wise bound, calc_diff per expert < 1e-3
-/// (unless `r.exact_only`: metadata that pairs tokens with other tokens' scales).
+/// relative error of the samples ≤ 2e-3, an element-wise bound, calc_diff < 1e-3 per expert with
+/// at least CALC_DIFF_SAMPLES samples (unless `r.exact_only`: metadata that pairs tokens with
+/// other tokens' scales).
 fn check_output<T: TestFloat>(what: &str, d: &Data, r: &Refs, got: &[T]) -> anyhow::Result<()> {
     let n = d.case.n;
     anyhow::ensure!(got.len() == d.rows * n, "{what}: output length {} != {}", got.len(), d.rows * n);
@@ -377,7 +385,7 @@ fn check_output<T: TestFloat>(what: &str, d: &Data, r: &Refs, got: &[T]) -> anyh
     for g in (0..d.case.experts()).filter(|_| !r.exact_only) {
         let (x, y): (Vec<f64>, Vec<f64>) =
             r.samples.iter().zip(&vals).filter(|(s, _)| s.expert == g).map(|(s, &v)| (v, s.unquantized)).unzip();
-        if x.is_empty() {
+        if x.len() < CALC_DIFF_SAMPLES {
             continue;
         }
         let cd = calc_diff(&x, &y);
