@@ -17,13 +17,17 @@
 // [m_g, round_up(m_g, 128)) of each expert with byte 0x00 (the scale of an all-zero row); rows and
 // scale rows that belong to no expert are never written.
 //
-// Launch: persistent grid (≤ SMs × resident CTAs) of 256 threads, dynamic shared memory
-// 24 · max(num_experts, 1) bytes for the expert table. A tile is 64 rows × 256 columns of one
-// expert (64 divides the 128-row atom, so the blocked layout's padding rows are whole tiles);
-// warp w handles rows w, w + 8, …, w + 56, each lane 8 consecutive columns, so one warp instruction
+// Launch (register kernels, mxfp8_quantize / mxfp8_dequantize): persistent grid (≤ SMs ×
+// resident CTAs) of 256 threads, dynamic shared memory 24 · max(num_experts, 1) bytes for the
+// expert table. A tile is 64 rows × 256 columns of one expert's data rows (tiles_of; CTA b takes
+// tiles b, b + gridDim.x, …, so the CTAs running at a time cover neighbouring tiles); warp w
+// handles rows w, w + 8, …, w + 56, each lane 8 consecutive columns, so one warp instruction
 // moves 512 contiguous input bytes (one 16-byte load per lane) and a quad of lanes holds one
 // 32-element block (amax: one packed max per lane, two xor-shuffles). A thread issues its 8 rows'
-// loads before converting; each quad's first lane stores the block's scale byte.
+// loads before converting; each quad's first lane stores the block's scale byte. The blocked
+// layout's padding scale rows [m, round_up(m, 128)) are written by the expert's last tile of each
+// column tile (its own rows past m, and when it starts an atom the atom's other 64 rows), so
+// padding costs no tile of its own. The TMA quantizer (end of this file) runs the same tiles.
 // kVec: 16-byte loads of x (16-byte stores of out), 8-byte accesses of q (the host checks pointers
 // and strides); otherwise element-wise accesses with the same results.
 // PDL: griddepcontrol.wait before the metadata is read (nothing is read or written earlier);
@@ -96,13 +100,14 @@ struct LaneAt {
   i64 s, s_step;  // bytes (s_step: row-major only)
   i64 col;        // this lane's first column
   int row;        // tile row of item 0 (= warp)
-  int valid;      // tile rows holding tokens (≤ 0 for a tile of blocked padding rows)
+  int valid;      // tile rows holding tokens (≥ 1)
   bool blocked;
+  bool pad_next;  // blocked, the expert's last tile, at an atom's start: rows 64..127 of the atom are padding
 
   KILN_DEVICE i64 scale_at(int j) const {
     // Blocked: tile row r = j·kWarps + warp of a tile starting at a multiple of 32 inside its
     // atom: r % 32 = (j % m)·kWarps + warp and r / 32 = j / m with m = 32 / kWarps (the warp part
-    // is in `s`).
+    // is in `s`); j < 16 stays inside the atom for a tile at the atom's start.
     constexpr int m = 32 / kWarps;
     return blocked ? s + (j % m) * (kWarps * 16) + (j / m) * 4 : s + j * s_step;
   }
@@ -121,6 +126,7 @@ KILN_DEVICE LaneAt lane_at(const Mxfp8Params& p, const Expert& e, i64 tile, i64 
   l.row = warp;
   l.valid = static_cast<int>(left < kTileRows ? left : kTileRows);
   l.blocked = p.layout == kBlocked;
+  l.pad_next = l.blocked && left <= kTileRows && (rt * kTileRows) % kAtomRows == 0;
   l.x = (row0 + warp) * p.x_stride + l.col;
   l.x_step = kWarps * p.x_stride;
   l.q = (row0 + warp) * p.q_stride + l.col;
@@ -209,17 +215,12 @@ KILN_DEVICE void store_q(u8* dst, const uint2& v) {
   }
 }
 
+// Converts one tile's items (raw[j]: the 8 elements of item j, zero where absent) and stores q and
+// the scale bytes.
 template <typename T, bool kVec>
-KILN_DEVICE void quantize_tile(const Mxfp8Params& p, const LaneAt& l) {
+KILN_DEVICE void convert_tile(const Mxfp8Params& p, const LaneAt& l, const uint4 (&raw)[kItems]) {
   const int lane = threadIdx.x & 31;
-  const T* x = static_cast<const T*>(p.x);
   const bool col_ok = l.col < p.k;
-  uint4 raw[kItems];
-#pragma unroll
-  for (int j = 0; j < kItems; ++j) {
-    raw[j] = make_uint4(0u, 0u, 0u, 0u);
-    if (l.row + j * kWarps < l.valid && col_ok) raw[j] = load_x<T, kVec>(x + l.x + j * l.x_step);
-  }
 #pragma unroll
   for (int j = 0; j < kItems; ++j) {
     const bool data = l.row + j * kWarps < l.valid;  // warp-uniform: the shuffles see the whole warp
@@ -238,6 +239,24 @@ KILN_DEVICE void quantize_tile(const Mxfp8Params& p, const LaneAt& l) {
     // a warp row are adjacent bytes, merged in L2.
     if ((lane & 3) == 0 && col_ok) p.scales[l.scale_at(j)] = static_cast<u8>(s);
   }
+  // The expert's padding rows past this tile: the second half of the atom.
+  if (l.pad_next && (lane & 3) == 0 && col_ok) {
+#pragma unroll
+    for (int j = kItems; j < 2 * kItems; ++j) p.scales[l.scale_at(j)] = 0;
+  }
+}
+
+template <typename T, bool kVec>
+KILN_DEVICE void quantize_tile(const Mxfp8Params& p, const LaneAt& l) {
+  const T* x = static_cast<const T*>(p.x);
+  const bool col_ok = l.col < p.k;
+  uint4 raw[kItems];
+#pragma unroll
+  for (int j = 0; j < kItems; ++j) {
+    raw[j] = make_uint4(0u, 0u, 0u, 0u);
+    if (l.row + j * kWarps < l.valid && col_ok) raw[j] = load_x<T, kVec>(x + l.x + j * l.x_step);
+  }
+  convert_tile<T, kVec>(p, l, raw);
 }
 
 template <typename T, bool kVec>
@@ -298,6 +317,12 @@ KILN_DEVICE void dequantize_tile(const Mxfp8Params& p, const LaneAt& l) {
   }
 }
 
+// Tiles of an expert: its data rows in 64-row tiles × column tiles (padding rows are written by
+// the expert's last tile of each column tile).
+KILN_DEVICE i64 tiles_of(const Expert& e, i64 ktiles) {
+  return (static_cast<i64>(e.rows) + kTileRows - 1) / kTileRows * ktiles;
+}
+
 KILN_DEVICE Expert* table_experts(unsigned char* smem) {
   return reinterpret_cast<Expert*>(smem);
 }
@@ -305,21 +330,16 @@ KILN_DEVICE i64* table_ends(unsigned char* smem, int n) {
   return reinterpret_cast<i64*>(smem + sizeof(Expert) * n);
 }
 
-// The body both kernels share: after the PDL wait, the expert table in `smem` (tiles per expert:
-// its rows, rounded up to whole 128-row atoms when kPaddingTiles and the layout is blocked, in
-// 64-row tiles × column tiles), then `f(lane)` for this CTA's tiles.
-template <bool kPdl, bool kPaddingTiles, typename F>
+// The body both register kernels share: after the PDL wait, the expert table in `smem` (tiles per
+// expert: tiles_of), then `f(lane)` for this CTA's tiles.
+template <bool kPdl, typename F>
 KILN_DEVICE void over_tiles(const Mxfp8Params& p, unsigned char* smem, F&& f) {
   const ExpertMeta meta = meta_of(p);
   Expert* experts = table_experts(smem);
   i64* ends = table_ends(smem, table_size(meta));
   const i64 ktiles = (p.k + kTileCols - 1) / kTileCols;
-  const bool atoms = kPaddingTiles && p.layout == kBlocked;
   kiln::pdl_wait<kPdl>();
-  const i64 total = build_table<kThreads>(meta, experts, ends, [&](const Expert& e) -> i64 {
-    const i64 rows = atoms ? (static_cast<i64>(e.rows) + kAtomRows - 1) / kAtomRows * kAtomRows : e.rows;
-    return (rows + kTileRows - 1) / kTileRows * ktiles;
-  });
+  const i64 total = build_table<kThreads>(meta, experts, ends, [&](const Expert& e) -> i64 { return tiles_of(e, ktiles); });
   kiln::pdl_launch_dependents<kPdl>();
   const i64 nkb = p.k / kBlock;
   for_each_tile(experts, ends, total, [&](const Expert& e, i64 tile) { f(lane_at(p, e, tile, ktiles, nkb)); });
@@ -331,11 +351,161 @@ template <typename T, bool kVec, bool kPdl>
 __global__ void __launch_bounds__(mxfp8::kThreads, mxfp8::kMinBlocks) mxfp8_quantize(const Mxfp8Params p) {
   extern __shared__ __align__(16) unsigned char smem[];
   // Blocked: whole 128-row atoms, so the padding rows are tiles too.
-  mxfp8::over_tiles<kPdl, true>(p, smem, [&](const mxfp8::LaneAt& l) { mxfp8::quantize_tile<T, kVec>(p, l); });
+  mxfp8::over_tiles<kPdl>(p, smem, [&](const mxfp8::LaneAt& l) { mxfp8::quantize_tile<T, kVec>(p, l); });
 }
 
 template <typename T, bool kVec, bool kPdl>
 __global__ void __launch_bounds__(mxfp8::kThreads, mxfp8::kMinBlocks) mxfp8_dequantize(const Mxfp8Params p) {
   extern __shared__ __align__(16) unsigned char smem[];
-  mxfp8::over_tiles<kPdl, false>(p, smem, [&](const mxfp8::LaneAt& l) { mxfp8::dequantize_tile<T, kVec>(p, l); });
+  mxfp8::over_tiles<kPdl>(p, smem, [&](const mxfp8::LaneAt& l) { mxfp8::dequantize_tile<T, kVec>(p, l); });
+}
+
+// ---------------------------------------------------------------------------------------------
+// The TMA quantizer (sm_90+, the vector path's alignment): the same tiles, results and tile order
+// as mxfp8_quantize, but each input tile (64 rows × 256 columns) reaches shared memory through one
+// 2-D TMA copy (tensor map over x built on the host, completing on the stage's mbarrier) kStages
+// tiles ahead of the conversion, so each SM keeps its loads in flight while it converts —
+// independent of the register file, which caps the register kernel at one tile per CTA. Thread 0
+// issues the copy of tile i + kStages once every warp has read tile i (a CTA barrier); the
+// mbarriers and the expert table follow the stages in shared memory.
+namespace mxfp8 {
+
+enum : int {
+  kRowBytes = kTileCols * 2,  // one tile row of bf16/f16
+  kStageBytes = kTileRows * kRowBytes,
+};
+
+// A CUtensorMap (128 bytes, 128-byte aligned), opaque here.
+struct alignas(128) XMap {
+  u64 opaque[16];
+};
+
+}  // namespace mxfp8
+
+// The TMA kernel's parameter: the tensor map of x ([rows, k] 16-bit, row stride x_stride, box
+// {256, 64}, no swizzle, out-of-bounds elements read as 0) and the common parameters. Mirrored by
+// `TmaQuantParams` in ops-mxfp8/src/ffi.rs; a __grid_constant__ so that TMA reads the map in place.
+struct Mxfp8TmaParams {
+  mxfp8::XMap x_map;
+  Mxfp8Params p;
+};
+
+namespace mxfp8 {
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+KILN_DEVICE u32 smem_addr(const void* ptr) {
+  return static_cast<u32>(__cvta_generic_to_shared(ptr));
+}
+KILN_DEVICE void bar_init(u32 bar, u32 count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory");
+}
+KILN_DEVICE void bar_arrive_tx(u32 bar, u32 bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
+}
+KILN_DEVICE void bar_wait(u32 bar, u32 parity) {
+  asm volatile(
+      "{\n"
+      ".reg .pred done;\n"
+      "WAIT_%=:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra WAIT_%=;\n"
+      "}\n" ::"r"(bar),
+      "r"(parity)
+      : "memory");
+}
+
+// Tile t of the CTA's sequence → (expert, tile inside it), walking forward only.
+struct Walker {
+  const Expert* experts;
+  const i64* ends;
+  int g;
+  KILN_DEVICE Expert at(i64 t, i64& local) {
+    while (ends[g] <= t) ++g;
+    local = t - (g > 0 ? ends[g - 1] : 0);
+    return experts[g];
+  }
+};
+
+// Thread 0: the copy of an expert's tile `local` into stage `dst`, completing on `bar`.
+KILN_DEVICE void issue_tile(const XMap* map, const Expert& e, i64 local, i64 ktiles, u32 dst, u32 bar) {
+  const i64 rt = local / ktiles;
+  const i64 kt = local - rt * ktiles;
+  bar_arrive_tx(bar, kStageBytes);  // the whole box, out-of-bounds zeros included
+  const int c0 = static_cast<int>(kt * kTileCols);
+  const int c1 = static_cast<int>(e.row0 + rt * kTileRows);
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4}], [%2];" ::"r"(dst),
+      "l"(map), "r"(bar), "r"(c0), "r"(c1)
+      : "memory");
+}
+#endif
+
+}  // namespace mxfp8
+
+template <typename T, int kStages, bool kPdl>
+__global__ void __launch_bounds__(mxfp8::kThreads, 1) mxfp8_quantize_tma(const __grid_constant__ Mxfp8TmaParams prm) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  using namespace mxfp8;
+  const Mxfp8Params& p = prm.p;
+  extern __shared__ __align__(128) unsigned char smem[];
+  constexpr int S = kStages;
+  // Stages (128-byte aligned), then S mbarriers padded to 16 bytes, then the expert table.
+  unsigned char* table = smem + S * kStageBytes + (8 * S + 15) / 16 * 16;
+  const u32 stage0 = smem_addr(smem);
+  const u32 bar0 = smem_addr(smem + S * kStageBytes);
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < S; ++s) bar_init(bar0 + 8 * s, 1);
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    asm volatile("prefetch.tensormap [%0];" ::"l"(&prm.x_map) : "memory");
+  }
+  const ExpertMeta meta = meta_of(p);
+  Expert* experts = table_experts(table);
+  i64* ends = table_ends(table, table_size(meta));
+  const i64 ktiles = (p.k + kTileCols - 1) / kTileCols;
+  kiln::pdl_wait<kPdl>();
+  // Its barrier also publishes the mbarrier initialisation.
+  const i64 total = build_table<kThreads>(meta, experts, ends, [&](const Expert& e) -> i64 { return tiles_of(e, ktiles); });
+  kiln::pdl_launch_dependents<kPdl>();
+  const i64 nkb = p.k / kBlock;
+  const bool producer = threadIdx.x == 0;
+  Walker feed{experts, ends, 0};
+  Walker use{experts, ends, 0};
+  i64 next = blockIdx.x;  // the next tile to issue
+  if (producer) {
+    // The copies (async proxy) must see the predecessor's writes, ordered by the PDL wait.
+    asm volatile("fence.proxy.async.global;" ::: "memory");
+    for (int s = 0; s < S && next < total; ++s, next += gridDim.x) {
+      i64 local;
+      const Expert e = feed.at(next, local);
+      issue_tile(&prm.x_map, e, local, ktiles, stage0 + s * kStageBytes, bar0 + 8 * s);
+    }
+  }
+  int s = 0;
+  u32 parity = 0;
+  for (i64 t = blockIdx.x; t < total; t += gridDim.x) {
+    i64 local;
+    const Expert e = use.at(t, local);
+    const LaneAt l = lane_at(p, e, local, ktiles, nkb);
+    bar_wait(bar0 + 8 * s, parity);
+    const unsigned char* st = smem + s * kStageBytes + (threadIdx.x & 31) * 16;
+    uint4 raw[kItems];
+#pragma unroll
+    for (int j = 0; j < kItems; ++j) {
+      raw[j] = make_uint4(0u, 0u, 0u, 0u);
+      if (l.row + j * kWarps < l.valid && l.col < p.k) raw[j] = *reinterpret_cast<const uint4*>(st + (l.row + j * kWarps) * kRowBytes);
+    }
+    __syncthreads();  // every warp has read stage s: it may be refilled
+    if (producer && next < total) {
+      i64 nlocal;
+      const Expert ne = feed.at(next, nlocal);
+      issue_tile(&prm.x_map, ne, nlocal, ktiles, stage0 + s * kStageBytes, bar0 + 8 * s);
+      next += gridDim.x;
+    }
+    convert_tile<T, true>(p, l, raw);
+    if (++s == S) {
+      s = 0;
+      parity ^= 1u;
+    }
+  }
+#endif
 }

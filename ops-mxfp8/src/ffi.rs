@@ -1,10 +1,15 @@
 //! The unsafe part of the quantization kernels: the parameter struct, output allocation and the
 //! launch. Every check the launch relies on is done by `quant::plan` before these run.
 
-use kiln_runtime::cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
+use std::ffi::c_void;
+use std::mem::MaybeUninit;
+
+use kiln_runtime::cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, sys};
 use kiln_runtime::{Dtype, E4m3, E8m0, Error, LaunchConfig, Result, Runtime};
 
-use crate::quant::{Dir, Experts, PARAMS_BYTES, Plan, SPECS, THREADS, spec_index, vector_ok};
+use crate::quant::{
+    Dir, Experts, PARAMS_BYTES, Plan, QuantKernel, SPECS, THREADS, TMA_SPECS, choose, spec_index, tma_index, tma_smem, vector_ok,
+};
 
 /// `Mxfp8Params` of `cuda/quant.cuh`, field for field.
 #[repr(C)]
@@ -27,6 +32,49 @@ struct Params {
 
 const _: () = assert!(size_of::<Params>() == PARAMS_BYTES);
 
+/// `Mxfp8TmaParams` of `cuda/quant.cuh`: the tensor map of x, then the common parameters.
+#[repr(C, align(128))]
+#[derive(Clone, Copy)]
+struct TmaQuantParams {
+    x_map: sys::CUtensorMap,
+    p: Params,
+}
+
+const _: () = assert!(size_of::<TmaQuantParams>() == 256);
+
+/// The tensor map of the quantizer's input: `[rows, k]` 16-bit elements with row stride
+/// `x_stride`, box {256, 64}, no swizzle, out-of-bounds elements read as 0.
+fn x_map(addr: u64, rows: usize, k: usize, x_stride: usize) -> Result<sys::CUtensorMap> {
+    let dims: [u64; 2] = [k as u64, rows as u64];
+    let strides: [u64; 1] = [x_stride as u64 * 2];
+    let boxes: [u32; 2] = [256, 64];
+    let elem: [u32; 2] = [1, 1];
+    let mut map = MaybeUninit::<sys::CUtensorMap>::zeroed();
+    // SAFETY: `map` is writable storage of the right type; the arrays have rank (2) entries (rank −
+    // 1 for the strides) and outlive the call; the caller chose this kernel only when `vector_ok`
+    // found `addr` and the row stride in bytes 16-byte aligned, and rows, k ≥ 1 (a violated
+    // precondition comes back as an error code, which we return).
+    let rc = unsafe {
+        sys::cuTensorMapEncodeTiled(
+            map.as_mut_ptr(),
+            sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_UINT16,
+            2,
+            addr as *mut c_void,
+            dims.as_ptr(),
+            strides.as_ptr(),
+            boxes.as_ptr(),
+            elem.as_ptr(),
+            sys::CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
+            sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_NONE,
+            sys::CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+            sys::CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
+        )
+    };
+    rc.result().map_err(|e| Error::driver(format!("cuTensorMapEncodeTiled([{rows}, {k}] u16, stride {x_stride}, box {{256, 64}})"), e))?;
+    // SAFETY: a successful cuTensorMapEncodeTiled wrote the whole map (and it started zeroed).
+    Ok(unsafe { map.assume_init() })
+}
+
 /// Device addresses of one call.
 struct Addrs {
     x: u64,
@@ -48,10 +96,14 @@ pub(crate) fn alloc_outputs(rt: &Runtime, q_len: usize, scales_len: usize) -> Re
     Ok((q, s))
 }
 
-fn launch(rt: &Runtime, plan: &Plan, a: &Addrs) -> Result<()> {
+fn launch(rt: &Runtime, plan: &Plan, a: &Addrs, choice: QuantKernel) -> Result<()> {
     let vec = vector_ok(plan, a.x, a.q);
-    let kernel = rt.kernel(&SPECS[spec_index(plan.dir, plan.dtype, vec, rt.pdl_enabled())])?;
-    let resident = rt.sm_count() as usize * kernel.blocks_per_sm(THREADS, plan.smem)?.max(1) as usize;
+    let tma = choose(plan, choice, vec, rt.arch().major >= 9, rt.sm_count() as usize)?;
+    let (kernel, smem) = match tma {
+        Some(stages) => (rt.kernel(&TMA_SPECS[tma_index(plan.dtype, stages, rt.pdl_enabled())])?, tma_smem(stages, plan.num_experts)),
+        None => (rt.kernel(&SPECS[spec_index(plan.dir, plan.dtype, vec, rt.pdl_enabled())])?, plan.smem),
+    };
+    let resident = rt.sm_count() as usize * kernel.blocks_per_sm(THREADS, smem)?.max(1) as usize;
     let grid = resident.min(plan.tiles).max(1) as u32;
     let p = Params {
         x: a.x,
@@ -68,6 +120,14 @@ fn launch(rt: &Runtime, plan: &Plan, a: &Addrs) -> Result<()> {
         num_experts: plan.num_experts.max(1) as i32,
         layout: plan.layout.device_code(),
     };
+    if tma.is_some() {
+        let tp = TmaQuantParams { x_map: x_map(a.x, plan.shape.rows, plan.shape.k, plan.shape.x_stride)?, p };
+        // SAFETY: as below, plus: `choose` picked this kernel only for the quantizer on sm_90+ with
+        // `vector_ok` (16-byte aligned x and x row stride), the tensor map describes exactly x's
+        // [rows, k] elements, and the shared memory is `tma_smem` for this stage count and table
+        // (the spec raised the kernel's limit to the 1024-expert size).
+        return unsafe { rt.launch(&kernel, LaunchConfig::linear(grid, THREADS).with_smem(smem)).run(&tp) };
+    }
     // SAFETY: `Params` mirrors `Mxfp8Params` (size asserted above and against the PTX in T1).
     // `quant::plan` checked: the dtype is one the kernel is instantiated for; x/out hold
     // (rows-1)*x_stride+k elements and q (rows-1)*q_stride+k bytes; k is a multiple of 32 (128 when
@@ -78,7 +138,7 @@ fn launch(rt: &Runtime, plan: &Plan, a: &Addrs) -> Result<()> {
     // per expert). The vectorised kernel is chosen only when `vector_ok` found every pointer and
     // stride aligned. The caller keeps the buffers' guards alive until this returns, and the
     // kernel runs on the runtime's stream, which orders it before any later use of them.
-    unsafe { rt.launch(&kernel, LaunchConfig::linear(grid, THREADS).with_smem(plan.smem)).run(&p) }
+    unsafe { rt.launch(&kernel, LaunchConfig::linear(grid, THREADS).with_smem(smem)).run(&p) }
 }
 
 /// Launches the quantizer of a validated `plan`.
@@ -89,6 +149,7 @@ pub(crate) fn quantize<T: Dtype, M: DevicePtr<i32>>(
     q: &mut impl DevicePtrMut<E4m3>,
     scales: &mut impl DevicePtrMut<E8m0>,
     experts: Option<Experts<'_, M>>,
+    choice: QuantKernel,
 ) -> Result<()> {
     debug_assert_eq!(plan.dir, Dir::Quantize);
     let s = rt.stream();
@@ -98,7 +159,7 @@ pub(crate) fn quantize<T: Dtype, M: DevicePtr<i32>>(
     let (x, _gx) = x.device_ptr(s);
     let (q, _gq) = q.device_ptr_mut(s);
     let (scales, _gs) = scales.device_ptr_mut(s);
-    launch(rt, plan, &Addrs { x, q, scales, meta })
+    launch(rt, plan, &Addrs { x, q, scales, meta }, choice)
 }
 
 /// Launches the dequantizer of a validated `plan`.
@@ -118,5 +179,5 @@ pub(crate) fn dequantize<T: Dtype, M: DevicePtr<i32>>(
     let (q, _gq) = q.device_ptr(s);
     let (scales, _gs) = scales.device_ptr(s);
     let (x, _gx) = out.device_ptr_mut(s);
-    launch(rt, plan, &Addrs { x, q, scales, meta })
+    launch(rt, plan, &Addrs { x, q, scales, meta }, QuantKernel::Registers)
 }

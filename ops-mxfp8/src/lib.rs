@@ -6,7 +6,9 @@
 //! **Quantization** ([`quantize_mxfp8`], [`quantize_mxfp8_into`], [`quantize_mxfp8_grouped`]) and
 //! **dequantization** ([`dequantize_mxfp8`], [`dequantize_mxfp8_grouped`]) of bf16/f16 tensors,
 //! dense or grouped by expert with the expert metadata kept on the device (no host sync), scales
-//! in the cuBLAS/CUTLASS 128×4 blocked layout or row-major ([`ScaleLayout`]).
+//! in the cuBLAS/CUTLASS 128×4 blocked layout or row-major ([`ScaleLayout`]). On sm_90+ the
+//! quantizer streams aligned inputs through TMA into a shared-memory ring; elsewhere it loads
+//! into registers ([`QuantKernel`], [`quantize_mxfp8_grouped_with`]; same results).
 //!
 //! **Grouped GEMM** ([`grouped_gemm_mxfp8`], [`grouped_gemm_workspace_size`]): the MoE expert
 //! GEMM on MXFP8 weights and tokens (blocked scales, the quantizer's grouped layout), bf16/f16
@@ -76,13 +78,14 @@ pub use gemm::{
 };
 pub use layout::ScaleLayout;
 pub use quant::{
-    Experts, HEADERS, MAX_EXPERTS, Mxfp8Shape, dequantize_mxfp8, dequantize_mxfp8_grouped, quantize_mxfp8, quantize_mxfp8_grouped,
-    quantize_mxfp8_into,
+    Experts, HEADERS, MAX_EXPERTS, Mxfp8Shape, QuantKernel, dequantize_mxfp8, dequantize_mxfp8_grouped, quantize_mxfp8,
+    quantize_mxfp8_grouped, quantize_mxfp8_grouped_with, quantize_mxfp8_into,
 };
 
 /// Every kernel instantiation of this crate (for prewarm, snapshots and preload).
 pub fn kernel_specs() -> Vec<KernelSpec> {
     let mut v = quant::SPECS.to_vec();
+    v.extend(quant::TMA_SPECS.iter().cloned());
     v.extend(gemm::SPECS.iter().cloned());
     v
 }

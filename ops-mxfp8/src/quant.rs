@@ -123,6 +123,99 @@ fn spec(dir: Dir, dt: DtypeId, vec: bool, pdl: bool) -> KernelSpec {
     KernelSpec::new(name, &SOURCE, expr).pdl(pdl).math(MathPolicy::Fixed(FastMath::PRECISE)).targets(Targets::AtLeast(8, 9))
 }
 
+/// Which quantization kernel runs (the dequantizer has only the register kernel). Every kernel
+/// gives bit-identical results; the choice is about speed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum QuantKernel {
+    /// The fastest for the shape and device (what [`quantize_mxfp8_grouped`] uses): on sm_90+
+    /// with 16-byte aligned `x` rows, [`QuantKernel::Tma4`] from 24 tiles (64 rows × 256
+    /// columns) per SM up and [`QuantKernel::Tma2`] below; otherwise [`QuantKernel::Registers`].
+    #[default]
+    Auto,
+    /// 4 CTAs per SM, each tile loaded straight into registers; any layout and alignment, sm_89+.
+    Registers,
+    /// TMA tile loads into a 2-stage shared-memory ring per CTA, 3 CTAs per SM (sm_90+, 16-byte
+    /// aligned x rows and row stride).
+    Tma2,
+    /// TMA tile loads into a 4-stage ring, one CTA per SM: the fastest at large sizes.
+    Tma4,
+}
+
+impl QuantKernel {
+    const fn tag(self) -> &'static str {
+        match self {
+            QuantKernel::Auto => "auto",
+            QuantKernel::Registers => "registers",
+            QuantKernel::Tma2 => "tma2",
+            QuantKernel::Tma4 => "tma4",
+        }
+    }
+}
+
+/// Stages of the TMA quantizer (`mxfp8_quantize_tma`) and the bytes of one stage (a tile).
+const TMA_STAGES: [u32; 2] = [2, 4];
+const TMA_STAGE_BYTES: u32 = 64 * 256 * 2;
+/// Tiles per SM from which `Auto` picks the 4-stage kernel (measured on the H100: 4096×7168 with
+/// 32 experts, 15.7 tiles per SM, is 7 % faster with Tma2; 32768×2048, 31 per SM, 6 % faster with
+/// Tma4).
+const TMA4_MIN_TILES_PER_SM: usize = 24;
+
+/// Dynamic shared memory of the TMA quantizer: the stages, the mbarriers (padded to 16 bytes)
+/// and the expert table.
+pub(crate) fn tma_smem(stages: u32, experts: usize) -> u32 {
+    stages * TMA_STAGE_BYTES + (8 * stages).div_ceil(16) * 16 + (SMEM_PER_EXPERT * experts.max(1)) as u32
+}
+
+fn tma_spec(dt: DtypeId, stages: u32, pdl: bool) -> KernelSpec {
+    let name = format!("quantize_mxfp8_tma{stages}__{}{}", dt.tag(), if pdl { "__pdl" } else { "" });
+    let expr = template_expr("mxfp8_quantize_tma", &[dt.into(), (stages as i32).into(), pdl.into()]);
+    KernelSpec::new(name, &SOURCE, expr)
+        .pdl(pdl)
+        .math(MathPolicy::Fixed(FastMath::PRECISE))
+        .targets(Targets::AtLeast(9, 0))
+        .dynamic_smem(tma_smem(stages, MAX_EXPERTS))
+}
+
+/// The TMA quantizer's specs, in the order `tma_index` computes: dtype × stages × PDL.
+pub(crate) static TMA_SPECS: LazyLock<Vec<KernelSpec>> = LazyLock::new(|| {
+    let mut v = Vec::new();
+    for &dt in Dir::Quantize.dtypes() {
+        for stages in TMA_STAGES {
+            for pdl in [false, true] {
+                v.push(tma_spec(dt, stages, pdl));
+            }
+        }
+    }
+    v
+});
+
+pub(crate) fn tma_index(dt: DtypeId, stages: u32, pdl: bool) -> usize {
+    let d = Dir::Quantize.dtypes().iter().position(|&x| x == dt).expect("dtype validated before the lookup");
+    let s = TMA_STAGES.iter().position(|&x| x == stages).expect("a built stage count");
+    (d * TMA_STAGES.len() + s) * 2 + usize::from(pdl)
+}
+
+/// The kernel a launch runs: `None` for the register kernel, else the TMA stage count. `vec`: the
+/// pointers and strides allow the vector path; `sm90`: the device is sm_90 or newer.
+pub(crate) fn choose(plan: &Plan, kernel: QuantKernel, vec: bool, sm90: bool, sms: usize) -> Result<Option<u32>> {
+    let op = plan.dir.op();
+    let tma_ok = plan.dir == Dir::Quantize && vec && sm90;
+    match kernel {
+        QuantKernel::Registers => Ok(None),
+        QuantKernel::Auto if !tma_ok => Ok(None),
+        QuantKernel::Auto => Ok(Some(if plan.tiles >= TMA4_MIN_TILES_PER_SM * sms.max(1) { 4 } else { 2 })),
+        QuantKernel::Tma2 | QuantKernel::Tma4 => {
+            ensure!(
+                tma_ok,
+                op,
+                "kernel {} needs the quantizer on sm_90+ with 16-byte aligned x rows and row stride and 8-byte aligned q rows (sm_90+: {sm90}, aligned: {vec})",
+                kernel.tag()
+            );
+            Ok(Some(if kernel == QuantKernel::Tma2 { 2 } else { 4 }))
+        }
+    }
+}
+
 /// Every spec, in the order `spec_index` computes.
 pub(crate) static SPECS: LazyLock<Vec<KernelSpec>> = LazyLock::new(|| {
     let mut v = Vec::new();
@@ -205,8 +298,7 @@ pub(crate) fn plan(dir: Dir, dtype: DtypeId, shape: Mxfp8Shape, layout: ScaleLay
                 layout.tag(),
                 layout.padded_rows(rows)
             );
-            let tile_rows = if dir == Dir::Quantize { layout.padded_rows(rows) } else { rows };
-            (0, layout.padded_rows(rows), tile_rows.div_ceil(TILE_ROWS))
+            (0, layout.padded_rows(rows), rows.div_ceil(TILE_ROWS))
         }
         Some([no, nt, ns]) => {
             ensure!(
@@ -229,9 +321,8 @@ pub(crate) fn plan(dir: Dir, dtype: DtypeId, shape: Mxfp8Shape, layout: ScaleLay
                 if layout.row_multiple() == 1 { format!(" bytes per row {nkb}") } else { String::new() }
             );
             let scale_rows = lens.scales.checked_div(nkb).unwrap_or(0);
-            // With valid metadata Σ round_up(m_g, 128) ≤ rows + 127·G: at most 2 padding tiles each.
-            let pad = if dir == Dir::Quantize && layout == ScaleLayout::Blocked128x4 { ATOM_ROWS / TILE_ROWS } else { 1 };
-            (no, scale_rows, rows.div_ceil(TILE_ROWS) + pad * no)
+            // With valid metadata Σ ⌈m_g / 64⌉ ≤ ⌈rows / 64⌉ + G (padding rows are no tiles).
+            (no, scale_rows, rows.div_ceil(TILE_ROWS) + no)
         }
     };
     if rows == 0 || k == 0 || (lens.experts.is_some() && (num_experts == 0 || scale_rows == 0)) {
@@ -272,7 +363,7 @@ pub fn quantize_mxfp8<T: Dtype>(
     let plan = plan(Dir::Quantize, T::ID, shape, layout, lens)?;
     let (mut q, mut s) = ffi::alloc_outputs(rt, lens.q, lens.scales)?;
     if let Some(p) = plan {
-        ffi::quantize(rt, &p, x, &mut q, &mut s, None::<Experts<'_, CudaSlice<i32>>>)?;
+        ffi::quantize(rt, &p, x, &mut q, &mut s, None::<Experts<'_, CudaSlice<i32>>>, QuantKernel::Auto)?;
     }
     Ok((q, s))
 }
@@ -290,7 +381,7 @@ pub fn quantize_mxfp8_into<T: Dtype>(
 ) -> Result<()> {
     let lens = Lens { x: x.len(), q: q.len(), scales: scales.len(), experts: None };
     match plan(Dir::Quantize, T::ID, shape, layout, lens)? {
-        Some(p) => ffi::quantize(rt, &p, x, q, scales, None::<Experts<'_, CudaSlice<i32>>>),
+        Some(p) => ffi::quantize(rt, &p, x, q, scales, None::<Experts<'_, CudaSlice<i32>>>, QuantKernel::Auto),
         None => Ok(()),
     }
 }
@@ -312,9 +403,26 @@ pub fn quantize_mxfp8_grouped<T: Dtype, M: DevicePtr<i32>>(
     shape: Mxfp8Shape,
     layout: ScaleLayout,
 ) -> Result<()> {
+    quantize_mxfp8_grouped_with(rt, x, experts, q, scales, shape, layout, QuantKernel::Auto)
+}
+
+/// [`quantize_mxfp8_grouped`] with the kernel named (for benchmarks and tests; the results are
+/// the same). A TMA kernel on a call it cannot run (before sm_90, unaligned `x`/`q` rows) is an
+/// `Err`.
+#[allow(clippy::too_many_arguments)]
+pub fn quantize_mxfp8_grouped_with<T: Dtype, M: DevicePtr<i32>>(
+    rt: &Runtime,
+    x: &impl DevicePtr<T>,
+    experts: Experts<'_, M>,
+    q: &mut impl DevicePtrMut<E4m3>,
+    scales: &mut impl DevicePtrMut<E8m0>,
+    shape: Mxfp8Shape,
+    layout: ScaleLayout,
+    kernel: QuantKernel,
+) -> Result<()> {
     let lens = Lens { x: x.len(), q: q.len(), scales: scales.len(), experts: Some(meta_lens(&experts)) };
     match plan(Dir::Quantize, T::ID, shape, layout, lens)? {
-        Some(p) => ffi::quantize(rt, &p, x, q, scales, Some(experts)),
+        Some(p) => ffi::quantize(rt, &p, x, q, scales, Some(experts), kernel),
         None => Ok(()),
     }
 }
@@ -379,16 +487,38 @@ mod tests {
     }
 
     #[test]
+    fn kernel_choice() {
+        let s = Mxfp8Shape::contiguous(4096, 7168);
+        let big = Mxfp8Shape::contiguous(32768, 2048);
+        let p = |dir, s: Mxfp8Shape| {
+            plan(dir, DtypeId::Bf16, s, BLK, dense(s.rows * s.k, s.rows * s.k, s.rows.div_ceil(128) * 128 * s.k / 32)).unwrap().unwrap()
+        };
+        let (mid, large, deq) = (p(Dir::Quantize, s), p(Dir::Quantize, big), p(Dir::Dequantize, s));
+        assert_eq!(mid.tiles, 64 * 28);
+        assert_eq!(choose(&mid, QuantKernel::Auto, true, true, 132).unwrap(), Some(2), "13.6 tiles per SM");
+        assert_eq!(choose(&large, QuantKernel::Auto, true, true, 132).unwrap(), Some(4), "31 tiles per SM");
+        assert_eq!(choose(&large, QuantKernel::Auto, false, true, 132).unwrap(), None, "unaligned: registers");
+        assert_eq!(choose(&large, QuantKernel::Auto, true, false, 132).unwrap(), None, "sm_89: registers");
+        assert_eq!(choose(&deq, QuantKernel::Auto, true, true, 132).unwrap(), None, "the dequantizer has no TMA kernel");
+        assert_eq!(choose(&large, QuantKernel::Registers, true, true, 132).unwrap(), None);
+        assert_eq!(choose(&mid, QuantKernel::Tma4, true, true, 132).unwrap(), Some(4));
+        assert!(reason(choose(&mid, QuantKernel::Tma2, true, false, 132).map(|_| None)).contains("kernel tma2 needs"));
+        assert!(reason(choose(&mid, QuantKernel::Tma4, false, true, 132).map(|_| None)).contains("aligned: false"));
+        // The TMA kernels' shared memory fits the H100's 227 KiB per CTA with 1024 experts.
+        assert!(tma_smem(4, MAX_EXPERTS) <= 227 * 1024);
+    }
+
+    #[test]
     fn valid_calls_plan() {
         let s = Mxfp8Shape::contiguous(300, 256);
         let p = plan(Dir::Quantize, DtypeId::Bf16, s, BLK, dense(300 * 256, 300 * 256, 384 * 8)).unwrap().unwrap();
         assert_eq!((p.scale_rows, p.num_experts, p.smem), (384, 0, 24));
-        assert_eq!(p.tiles, 384 / 64, "padding rows are quantizer tiles");
+        assert_eq!(p.tiles, 5, "padding rows are written by the last data tile, they are no tiles");
         let p = plan(Dir::Dequantize, DtypeId::F32, s, BLK, dense(300 * 256, 300 * 256, 384 * 8)).unwrap().unwrap();
         assert_eq!(p.tiles, 5, "the dequantizer skips padding rows");
         let g = Lens { x: 300 * 256, q: 300 * 256, scales: 512 * 8, experts: Some([8; 3]) };
         let p = plan(Dir::Quantize, DtypeId::F16, s, BLK, g).unwrap().unwrap();
-        assert_eq!((p.scale_rows, p.num_experts, p.smem, p.tiles), (512, 8, 192, 5 + 16));
+        assert_eq!((p.scale_rows, p.num_experts, p.smem, p.tiles), (512, 8, 192, 5 + 8));
         // Row-major takes k % 32 and any number of scale rows.
         let s = Mxfp8Shape::contiguous(3, 96);
         assert!(plan(Dir::Quantize, DtypeId::Bf16, s, RM, dense(288, 288, 9)).unwrap().is_some());

@@ -11,8 +11,8 @@
 use half::{bf16, f16};
 use kiln_mxfp8::reference::{self as rf, Dims};
 use kiln_mxfp8::{
-    Experts, Mxfp8Shape, ScaleLayout, dequantize_mxfp8, dequantize_mxfp8_grouped, layout, quantize_mxfp8, quantize_mxfp8_grouped,
-    quantize_mxfp8_into,
+    Experts, Mxfp8Shape, QuantKernel, ScaleLayout, dequantize_mxfp8, dequantize_mxfp8_grouped, layout, quantize_mxfp8,
+    quantize_mxfp8_grouped, quantize_mxfp8_grouped_with, quantize_mxfp8_into,
 };
 use kiln_runtime::cudarc::driver::CudaSlice;
 use kiln_runtime::{E4m3, E8m0, Error};
@@ -131,7 +131,7 @@ impl Meta {
 }
 
 /// One quantization case: buffers are views at element offsets `x_off` / `q_off` / `s_off` of
-/// larger poisoned allocations (odd offsets force the scalar kernel).
+/// larger poisoned allocations (odd offsets force the scalar kernel); grouped cases run `kernel`.
 #[derive(Debug, Clone)]
 struct QCase {
     shape: Mxfp8Shape,
@@ -139,15 +139,21 @@ struct QCase {
     meta: Option<Meta>,
     scale_rows: usize,
     offs: (usize, usize, usize),
+    kernel: QuantKernel,
 }
 
 impl QCase {
     fn dense(rows: usize, k: usize, layout: ScaleLayout) -> Self {
-        QCase { shape: Mxfp8Shape::contiguous(rows, k), layout, meta: None, scale_rows: layout.padded_rows(rows), offs: (0, 0, 0) }
+        let scale_rows = layout.padded_rows(rows);
+        QCase { shape: Mxfp8Shape::contiguous(rows, k), layout, meta: None, scale_rows, offs: (0, 0, 0), kernel: QuantKernel::Auto }
     }
     fn grouped(tokens: &[i32], k: usize, layout: ScaleLayout, gap: usize) -> Self {
         let (meta, rows, scale_rows) = Meta::packed(tokens, gap, 3, 1, layout);
-        QCase { shape: Mxfp8Shape::contiguous(rows, k), layout, meta: Some(meta), scale_rows, offs: (0, 0, 0) }
+        QCase { shape: Mxfp8Shape::contiguous(rows, k), layout, meta: Some(meta), scale_rows, offs: (0, 0, 0), kernel: QuantKernel::Auto }
+    }
+    fn kernel(mut self, kernel: QuantKernel) -> Self {
+        self.kernel = kernel;
+        self
     }
     fn strided(mut self, x_stride: usize, q_stride: usize, offs: (usize, usize, usize)) -> Self {
         self.shape.x_stride = x_stride;
@@ -195,7 +201,7 @@ fn check_quant<T: Input>(c: &QCase, x_host: &[T], seed: u64) -> anyhow::Result<(
             Some(m) => {
                 let (o, t, b) = (upload(&rt, &m.offsets)?, upload(&rt, &m.tokens)?, upload(&rt, &m.scale_offsets)?);
                 let ex = Experts { expert_offsets: &o, tokens_per_expert: &t, blockscale_offsets: &b };
-                quantize_mxfp8_grouped(&rt, &xv, ex, &mut qv, &mut sv, s, c.layout)?;
+                quantize_mxfp8_grouped_with(&rt, &xv, ex, &mut qv, &mut sv, s, c.layout, c.kernel)?;
             }
         }
     }
@@ -475,7 +481,14 @@ fn bad_metadata(l: ScaleLayout) -> anyhow::Result<()> {
     let want = [9, 10, 0, 0, 128, if blocked { 0 } else { 5 }, 0, 0, 90, 0, 0];
     anyhow::ensure!(got == want, "clamped rows {got:?}, expected {want:?}");
     // Guards before and after the q and scale views.
-    let c = QCase { shape: Mxfp8Shape::contiguous(rows, k), layout: l, meta: Some(meta), scale_rows, offs: (0, 64, 512) };
+    let c = QCase {
+        shape: Mxfp8Shape::contiguous(rows, k),
+        layout: l,
+        meta: Some(meta),
+        scale_rows,
+        offs: (0, 64, 512),
+        kernel: QuantKernel::Auto,
+    };
     let seed = seed();
     let x = random_data::<bf16>(&mut Rng::new(seed), rows * k);
     check_quant(&c, &x, seed)?;
@@ -568,6 +581,22 @@ fn errors_and_empty() -> anyhow::Result<()> {
         quantize_mxfp8_grouped(&rt, &x, ok, &mut q, &mut s.slice_mut(0..1000), sh, BLK),
         "scales.len()=1000 is not a whole number",
     )?;
+    // A TMA kernel named for an x view that is not 16-byte aligned.
+    let (zero, two) = (upload(&rt, &[0i32])?, upload(&rt, &[2i32])?);
+    let ex1 = Experts { expert_offsets: &zero, tokens_per_expert: &two, blockscale_offsets: &zero };
+    expect_invalid(
+        quantize_mxfp8_grouped_with(
+            &rt,
+            &x.slice(1..3 * 256 + 1),
+            ex1,
+            &mut q,
+            &mut s,
+            Mxfp8Shape::contiguous(3, 256),
+            BLK,
+            QuantKernel::Tma4,
+        ),
+        "kernel tma4 needs",
+    )?;
     let mut y = filled(&rt, 4 * 256, 0.0f32)?;
     expect_invalid(dequantize_mxfp8(&rt, &q, &s, &mut y.slice_mut(0..1000), sh, RM), "out.len()=1000")?;
     let mut yi = filled(&rt, 4 * 256, 0i32)?;
@@ -641,6 +670,12 @@ fn add<T: Input>(v: &mut Vec<Trial>, tag: &str) {
             let tokens: Vec<i32> = (0..1024).map(|g| [0, 1, 3, 0, 17, 2, 0, 130][g % 8]).collect();
             quant_case::<T>(QCase::grouped(&tokens, 256, l, 1))
         }));
+        // Every kernel on the same uneven experts (Auto picks by size; these force each one).
+        for kernel in [QuantKernel::Registers, QuantKernel::Tma2, QuantKernel::Tma4] {
+            v.push(trial(format!("t2::mxfp8::kernel::{tag}::{lt}::{kernel:?}"), Need::Gpu, move || {
+                quant_case::<T>(QCase::grouped(&tokens, 768, l, 2).kernel(kernel))
+            }));
+        }
         v.push(trial(format!("t2::mxfp8::round_trip::{tag}::{lt}"), Need::Gpu, move || round_trip::<T>(&[5, 0, 200, 77], 1024, l)));
         v.push(trial(format!("t2::mxfp8::edges::{tag}::{lt}"), Need::Gpu, move || edges::<T>(l)));
     }
@@ -680,6 +715,12 @@ fn main() {
         v.push(trial(format!("t2::mxfp8::sanitize::bad_metadata::{lt}"), Need::Gpu, move || bad_metadata(l)));
         v.push(trial(format!("t2::mxfp8::sanitize::grouped::{lt}"), Need::Gpu, move || {
             quant_case::<bf16>(QCase::grouped(&[0, 5, 130, 0, 1], 256, l, 1))
+        }));
+        v.push(trial(format!("t2::mxfp8::sanitize::tma4::{lt}"), Need::Gpu, move || {
+            quant_case::<bf16>(QCase::grouped(&[0, 5, 130, 0, 1], 256, l, 1).kernel(QuantKernel::Tma4))
+        }));
+        v.push(trial(format!("t2::mxfp8::sanitize::registers::{lt}"), Need::Gpu, move || {
+            quant_case::<bf16>(QCase::grouped(&[0, 5, 130, 0, 1], 256, l, 1).kernel(QuantKernel::Registers))
         }));
         v.push(trial(format!("t2::mxfp8::sanitize::scalar::{lt}"), Need::Gpu, move || {
             quant_case::<f16>(QCase::grouped(&[2, 0, 40], 128, l, 1).strided(128 + 1, 128 + 3, (1, 1, 1)))

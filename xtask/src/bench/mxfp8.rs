@@ -4,11 +4,14 @@
 //! expert g gets a share proportional to `1 + (5g + 3) mod 7` (shares 1…7, every expert non-empty),
 //! the rounding remainder going to the last. Bytes = m_total·k·(2 + 1 + 1/32) (input read, q and
 //! scales written; the padding scale rows are not counted). Op `quantize_mxfp8_grouped`, shape
-//! `"{m_total}x{k}/e{experts}"`; also `dequantize_mxfp8_grouped` (bf16 out, same bytes) on the
+//! `"{m_total}x{k}/e{experts}"` (the automatic kernel choice), `quantize_mxfp8_grouped.{registers,
+//! tma2,tma4}` (each kernel forced); also `dequantize_mxfp8_grouped` (bf16 out, same bytes) on the
 //! quantizer's output.
 
 use half::bf16;
-use kiln_mxfp8::{Experts, Mxfp8Shape, ScaleLayout, dequantize_mxfp8_grouped, layout, quantize_mxfp8_grouped};
+use kiln_mxfp8::{
+    Experts, Mxfp8Shape, QuantKernel, ScaleLayout, dequantize_mxfp8_grouped, layout, quantize_mxfp8_grouped, quantize_mxfp8_grouped_with,
+};
 use kiln_runtime::cudarc::driver::CudaSlice;
 use kiln_runtime::{E4m3, E8m0};
 
@@ -80,6 +83,11 @@ pub fn run(c: &mut Ctx) -> anyhow::Result<()> {
         let name = format!("{rows}x{k}/e{experts}");
         let us = c.time(sets, |i| quantize_mxfp8_grouped(&rt, &xs[i], ex, &mut qs[i], &mut ss[i], shape, l))?;
         c.record("quantize_mxfp8_grouped", &name, us, bytes, None)?;
+        // Each kernel forced (the automatic choice is one of them).
+        for (kernel, tag) in [(QuantKernel::Registers, "registers"), (QuantKernel::Tma2, "tma2"), (QuantKernel::Tma4, "tma4")] {
+            let us = c.time(sets, |i| quantize_mxfp8_grouped_with(&rt, &xs[i], ex, &mut qs[i], &mut ss[i], shape, l, kernel))?;
+            c.record(&format!("quantize_mxfp8_grouped.{tag}"), &name, us, bytes, None)?;
+        }
         let us = c.time(sets, |i| dequantize_mxfp8_grouped(&rt, &qs[i], &ss[i], ex, &mut xs[i], shape, l))?;
         c.record("dequantize_mxfp8_grouped", &name, us, bytes, None)?;
     }
