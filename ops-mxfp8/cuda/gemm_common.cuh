@@ -19,6 +19,7 @@
 #include <kiln/common.cuh>
 #include <kiln/convert.cuh>
 #include <mxfp8/experts.cuh>
+#include <mxfp8/tma.cuh>
 
 namespace mxfp8 {
 namespace gemm {
@@ -57,11 +58,6 @@ struct GemmArgs {
   int n;                     // N (a multiple of 128)
   int k;                     // K (a multiple of 128)
   int unused;
-};
-
-// A CUtensorMap, opaque to device code (128 bytes, 128-byte aligned as in CUDA 13's cuda.h).
-struct alignas(128) TmaDesc {
-  u64 opaque[16];
 };
 
 // Parameters of the TMA kernels (SM90 wgmma, SM100): tensor maps built on the host with
@@ -215,53 +211,6 @@ KILN_DEVICE void mma_e4m3_16832(float (&d)[4], const u32 (&a)[4], const u32 (&b)
       "{%10, %10, %10, %10};\n"
       : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(0.0f));
-}
-
-KILN_DEVICE void mbar_init(u32 bar, u32 count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
-}
-KILN_DEVICE void mbar_arrive(u32 bar) {
-  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
-}
-KILN_DEVICE void mbar_arrive_expect_tx(u32 bar, u32 bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
-}
-// Waits until the phase with this parity has completed.
-KILN_DEVICE void mbar_wait(u32 bar, u32 parity) {
-  asm volatile(
-      "{\n"
-      ".reg .pred done;\n"
-      "WAIT_%=:\n"
-      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
-      "@!done bra WAIT_%=;\n"
-      "}\n" ::"r"(bar),
-      "r"(parity)
-      : "memory");
-}
-KILN_DEVICE void fence_barrier_init() {
-  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-}
-// Orders this thread's earlier generic-proxy global accesses before its later async-proxy (TMA)
-// accesses: used after griddepcontrol.wait, so that TMA reads see a predecessor's writes.
-KILN_DEVICE void fence_proxy_async_global() {
-  asm volatile("fence.proxy.async.global;\n" ::: "memory");
-}
-
-// 2-D TMA tile load (box from the tensor map) into shared memory, completing on `bar`.
-KILN_DEVICE void tma_load_2d(u32 dst, const void* tmap, u32 bar, int c0, int c1) {
-  asm volatile(
-      "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4}], [%2];\n" ::"r"(dst),
-      "l"(tmap), "r"(bar), "r"(c0), "r"(c1)
-      : "memory");
-}
-// 1-D bulk copy of `bytes` (multiple of 16, 16-byte aligned both sides), completing on `bar`.
-KILN_DEVICE void bulk_load(u32 dst, const void* src, u32 bytes, u32 bar) {
-  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(dst), "l"(src),
-               "r"(bytes), "r"(bar)
-               : "memory");
-}
-KILN_DEVICE void prefetch_tmap(const void* tmap) {
-  asm volatile("prefetch.tensormap [%0];\n" ::"l"(tmap) : "memory");
 }
 
 }  // namespace gemm

@@ -40,6 +40,7 @@
 #include <kiln/pdl.cuh>
 #include <mxfp8/layout.cuh>
 #include <mxfp8/experts.cuh>
+#include <mxfp8/tma.cuh>
 
 // One by-value parameter of both kernels (96 bytes; mirrored by ops-mxfp8/src/ffi.rs).
 struct Mxfp8Params {
@@ -375,18 +376,13 @@ enum : int {
   kStageBytes = kTileRows * kRowBytes,
 };
 
-// A CUtensorMap (128 bytes, 128-byte aligned), opaque here.
-struct alignas(128) XMap {
-  u64 opaque[16];
-};
-
 }  // namespace mxfp8
 
 // The TMA kernel's parameter: the tensor map of x ([rows, k] 16-bit, row stride x_stride, box
 // {256, 64}, no swizzle, out-of-bounds elements read as 0) and the common parameters. Mirrored by
 // `TmaQuantParams` in ops-mxfp8/src/ffi.rs; a __grid_constant__ so that TMA reads the map in place.
 struct Mxfp8TmaParams {
-  mxfp8::XMap x_map;
+  mxfp8::TmaDesc x_map;
   Mxfp8Params p;
 };
 
@@ -395,23 +391,6 @@ namespace mxfp8 {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 KILN_DEVICE u32 smem_addr(const void* ptr) {
   return static_cast<u32>(__cvta_generic_to_shared(ptr));
-}
-KILN_DEVICE void bar_init(u32 bar, u32 count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory");
-}
-KILN_DEVICE void bar_arrive_tx(u32 bar, u32 bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
-}
-KILN_DEVICE void bar_wait(u32 bar, u32 parity) {
-  asm volatile(
-      "{\n"
-      ".reg .pred done;\n"
-      "WAIT_%=:\n"
-      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
-      "@!done bra WAIT_%=;\n"
-      "}\n" ::"r"(bar),
-      "r"(parity)
-      : "memory");
 }
 
 // Tile t of the CTA's sequence → (expert, tile inside it), walking forward only.
@@ -427,16 +406,11 @@ struct Walker {
 };
 
 // Thread 0: the copy of an expert's tile `local` into stage `dst`, completing on `bar`.
-KILN_DEVICE void issue_tile(const XMap* map, const Expert& e, i64 local, i64 ktiles, u32 dst, u32 bar) {
+KILN_DEVICE void issue_tile(const TmaDesc* map, const Expert& e, i64 local, i64 ktiles, u32 dst, u32 bar) {
   const i64 rt = local / ktiles;
   const i64 kt = local - rt * ktiles;
-  bar_arrive_tx(bar, kStageBytes);  // the whole box, out-of-bounds zeros included
-  const int c0 = static_cast<int>(kt * kTileCols);
-  const int c1 = static_cast<int>(e.row0 + rt * kTileRows);
-  asm volatile(
-      "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4}], [%2];" ::"r"(dst),
-      "l"(map), "r"(bar), "r"(c0), "r"(c1)
-      : "memory");
+  mbar_arrive_expect_tx(bar, kStageBytes);  // the whole box, out-of-bounds zeros included
+  tma_load_2d(dst, map, bar, static_cast<int>(kt * kTileCols), static_cast<int>(e.row0 + rt * kTileRows));
 }
 #endif
 
@@ -454,9 +428,9 @@ __global__ void __launch_bounds__(mxfp8::kThreads, 1) mxfp8_quantize_tma(const _
   const u32 stage0 = smem_addr(smem);
   const u32 bar0 = smem_addr(smem + S * kStageBytes);
   if (threadIdx.x == 0) {
-    for (int s = 0; s < S; ++s) bar_init(bar0 + 8 * s, 1);
-    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-    asm volatile("prefetch.tensormap [%0];" ::"l"(&prm.x_map) : "memory");
+    for (int s = 0; s < S; ++s) mbar_init(bar0 + 8 * s, 1);
+    fence_barrier_init();
+    prefetch_tmap(&prm.x_map);
   }
   const ExpertMeta meta = meta_of(p);
   Expert* experts = table_experts(table);
@@ -473,7 +447,7 @@ __global__ void __launch_bounds__(mxfp8::kThreads, 1) mxfp8_quantize_tma(const _
   i64 next = blockIdx.x;  // the next tile to issue
   if (producer) {
     // The copies (async proxy) must see the predecessor's writes, ordered by the PDL wait.
-    asm volatile("fence.proxy.async.global;" ::: "memory");
+    fence_proxy_async_global();
     for (int s = 0; s < S && next < total; ++s, next += gridDim.x) {
       i64 local;
       const Expert e = feed.at(next, local);
@@ -486,7 +460,7 @@ __global__ void __launch_bounds__(mxfp8::kThreads, 1) mxfp8_quantize_tma(const _
     i64 local;
     const Expert e = use.at(t, local);
     const LaneAt l = lane_at(p, e, local, ktiles, nkb);
-    bar_wait(bar0 + 8 * s, parity);
+    mbar_wait(bar0 + 8 * s, parity);
     const unsigned char* st = smem + s * kStageBytes + (threadIdx.x & 31) * 16;
     uint4 raw[kItems];
 #pragma unroll

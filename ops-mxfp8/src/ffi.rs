@@ -1,12 +1,10 @@
 //! The unsafe part of the quantization kernels: the parameter struct, output allocation and the
 //! launch. Every check the launch relies on is done by `quant::plan` before these run.
 
-use std::ffi::c_void;
-use std::mem::MaybeUninit;
-
 use kiln_runtime::cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, sys};
 use kiln_runtime::{Dtype, E4m3, E8m0, Error, LaunchConfig, Result, Runtime};
 
+use crate::ffi_gemm::tensor_map_2d;
 use crate::quant::{
     Dir, Experts, PARAMS_BYTES, Plan, QuantKernel, SPECS, THREADS, TMA_SPECS, choose, spec_index, tma_index, tma_smem, vector_ok,
 };
@@ -43,36 +41,17 @@ struct TmaQuantParams {
 const _: () = assert!(size_of::<TmaQuantParams>() == 256);
 
 /// The tensor map of the quantizer's input: `[rows, k]` 16-bit elements with row stride
-/// `x_stride`, box {256, 64}, no swizzle, out-of-bounds elements read as 0.
+/// `x_stride`, box {256, 64}, no swizzle (the caller checked `vector_ok`: 16-byte aligned x and
+/// row stride).
 fn x_map(addr: u64, rows: usize, k: usize, x_stride: usize) -> Result<sys::CUtensorMap> {
-    let dims: [u64; 2] = [k as u64, rows as u64];
-    let strides: [u64; 1] = [x_stride as u64 * 2];
-    let boxes: [u32; 2] = [256, 64];
-    let elem: [u32; 2] = [1, 1];
-    let mut map = MaybeUninit::<sys::CUtensorMap>::zeroed();
-    // SAFETY: `map` is writable storage of the right type; the arrays have rank (2) entries (rank −
-    // 1 for the strides) and outlive the call; the caller chose this kernel only when `vector_ok`
-    // found `addr` and the row stride in bytes 16-byte aligned, and rows, k ≥ 1 (a violated
-    // precondition comes back as an error code, which we return).
-    let rc = unsafe {
-        sys::cuTensorMapEncodeTiled(
-            map.as_mut_ptr(),
-            sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_UINT16,
-            2,
-            addr as *mut c_void,
-            dims.as_ptr(),
-            strides.as_ptr(),
-            boxes.as_ptr(),
-            elem.as_ptr(),
-            sys::CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
-            sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_NONE,
-            sys::CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-            sys::CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
-        )
-    };
-    rc.result().map_err(|e| Error::driver(format!("cuTensorMapEncodeTiled([{rows}, {k}] u16, stride {x_stride}, box {{256, 64}})"), e))?;
-    // SAFETY: a successful cuTensorMapEncodeTiled wrote the whole map (and it started zeroed).
-    Ok(unsafe { map.assume_init() })
+    tensor_map_2d(
+        addr,
+        sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_UINT16,
+        [k as u64, rows as u64],
+        x_stride as u64 * 2,
+        [256, 64],
+        sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_NONE,
+    )
 }
 
 /// Device addresses of one call.

@@ -55,22 +55,28 @@ pub(crate) struct GemmPtrs {
     pub out: u64,
 }
 
-/// A 2-D tensor map over a row-major `[rows, k]` byte tensor at `addr`, box `{128, box_rows}`,
-/// 128-byte swizzle (the layout the wgmma/tcgen05 descriptors name), out-of-bounds rows read as 0.
-fn tensor_map(addr: u64, rows: usize, k: usize, box_rows: u32) -> Result<sys::CUtensorMap> {
-    let dims: [u64; 2] = [k as u64, rows as u64];
-    let strides: [u64; 1] = [k as u64];
-    let boxes: [u32; 2] = [128, box_rows];
+/// A 2-D tensor map over a row-major tensor at `addr` of `dims` = [columns, rows] elements of
+/// `dtype` with `row_bytes` between rows, box `boxes` = [columns, rows], `swizzle`; out-of-bounds
+/// elements read as 0. The callers' plans checked the encoding's preconditions (16-byte aligned
+/// `addr` and `row_bytes`, dims ≥ 1); a violation comes back as an error code, which is returned.
+pub(crate) fn tensor_map_2d(
+    addr: u64,
+    dtype: sys::CUtensorMapDataType,
+    dims: [u64; 2],
+    row_bytes: u64,
+    boxes: [u32; 2],
+    swizzle: sys::CUtensorMapSwizzle,
+) -> Result<sys::CUtensorMap> {
+    let strides: [u64; 1] = [row_bytes];
     let elem: [u32; 2] = [1, 1];
     let mut map = MaybeUninit::<sys::CUtensorMap>::zeroed();
     // SAFETY: `map` is writable storage of the right type; the arrays have rank (2) entries (rank −
-    // 1 for the strides) and outlive the call; `gemm::plan` checked that `addr` is 16-byte
-    // aligned, k (the row stride in bytes) is a multiple of 128 and rows ≥ 1, so the encoding's
-    // preconditions hold (it reports a violation as an error code, which we return).
+    // 1 for the strides) and outlive the call; the other preconditions are checked by the driver
+    // (see above).
     let rc = unsafe {
         sys::cuTensorMapEncodeTiled(
             map.as_mut_ptr(),
-            sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_UINT8,
+            dtype,
             2,
             addr as *mut c_void,
             dims.as_ptr(),
@@ -78,14 +84,29 @@ fn tensor_map(addr: u64, rows: usize, k: usize, box_rows: u32) -> Result<sys::CU
             boxes.as_ptr(),
             elem.as_ptr(),
             sys::CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
-            sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B,
+            swizzle,
             sys::CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
             sys::CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
         )
     };
-    rc.result().map_err(|e| Error::driver(format!("cuTensorMapEncodeTiled([{rows}, {k}] u8, box {{128, {box_rows}}})"), e))?;
+    rc.result()
+        .map_err(|e| Error::driver(format!("cuTensorMapEncodeTiled({dtype:?}, dims {dims:?}, row bytes {row_bytes}, box {boxes:?})"), e))?;
     // SAFETY: a successful cuTensorMapEncodeTiled wrote the whole map (and it started zeroed).
     Ok(unsafe { map.assume_init() })
+}
+
+/// The map of a row-major `[rows, k]` byte tensor (`gemm::plan` checked: 16-byte aligned, k a
+/// multiple of 128, rows ≥ 1), box {128, box_rows}, 128-byte swizzle (the layout the
+/// wgmma/tcgen05 descriptors name).
+fn tensor_map(addr: u64, rows: usize, k: usize, box_rows: u32) -> Result<sys::CUtensorMap> {
+    tensor_map_2d(
+        addr,
+        sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_UINT8,
+        [k as u64, rows as u64],
+        k as u64,
+        [128, box_rows],
+        sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B,
+    )
 }
 
 /// Launches the kernel of a validated `plan`.

@@ -10,11 +10,13 @@ use kiln_runtime::{ensure, template_expr};
 use crate::ffi;
 use crate::layout::{ATOM_ROWS, BLOCK, ScaleLayout};
 
-/// The crate's own device headers (`#include <mxfp8/…>`): the layout/scale-rule facts and the
-/// device-side expert scheduler, for every kernel of the crate.
+/// The crate's own device headers (`#include <mxfp8/…>`): the layout/scale-rule facts, the
+/// device-side expert scheduler and the sm_90+ asynchronous-copy primitives, for every kernel of
+/// the crate.
 pub const HEADERS: &[Header] = &[
     Header { name: "mxfp8/layout.cuh", text: include_str!("../cuda/layout.cuh") },
     Header { name: "mxfp8/experts.cuh", text: include_str!("../cuda/experts.cuh") },
+    Header { name: "mxfp8/tma.cuh", text: include_str!("../cuda/tma.cuh") },
 ];
 
 static SOURCE: KernelSource =
