@@ -97,8 +97,9 @@ pub(crate) fn launch_shape(tokens: usize, heads: usize, head_dim: usize, pairs: 
 
 /// From this many tokens on, a table thread computes two pairs: fewer threads per CTA (more CTAs
 /// resident) matter more than the table's latency (measured on the H100: hd 256 at 16384 tokens
-/// 108 µs with two pairs per thread vs 112 with one; at 1 token 2.4 µs vs 1.8).
-pub(crate) const TWO_PAIRS_FROM_TOKENS: usize = 1024;
+/// 108 µs with two pairs per thread vs 112 with one; at 1 token 2.4 µs vs 1.8; at 512 tokens
+/// 5.38 µs vs 6.32 and at 2048 tokens 15.96 vs 16.99, with (32,4,4,128) unchanged at 512).
+pub(crate) const TWO_PAIRS_FROM_TOKENS: usize = 512;
 
 /// Threads after the head lanes that build the (cos, sin) table, in whole warps: one per rotary
 /// pair, or one per two pairs from [`TWO_PAIRS_FROM_TOKENS`] tokens on.
