@@ -106,14 +106,29 @@ KILN_DEVICE i64 build_table(const ExpertMeta& m, Expert* experts, i64* ends, Til
   return total;
 }
 
+// Maps a growing sequence of tile indices t < total (= ends[n − 1]) to (expert g, tile inside
+// it) by a forward scan over `ends`: O(n + tiles) per walk in all.
+struct ExpertScan {
+  const Expert* experts;
+  const i64* ends;
+  int g;  // the expert of the last tile
+
+  KILN_DEVICE Expert at(i64 t, i64& local) {
+    while (ends[g] <= t) ++g;  // stops: t < total = ends[n − 1]
+    local = t - (g > 0 ? ends[g - 1] : 0);
+    return experts[g];
+  }
+};
+
 // Calls f(expert, tile index inside the expert) for tiles blockIdx.x, blockIdx.x + gridDim.x, …
-// below `total`. The forward scan over `ends` costs O(n + tiles) per CTA in all.
+// below `total`.
 template <typename F>
 KILN_DEVICE void for_each_tile(const Expert* experts, const i64* ends, i64 total, F&& f) {
-  int g = 0;
+  ExpertScan scan{experts, ends, 0};
   for (i64 t = blockIdx.x; t < total; t += gridDim.x) {
-    while (ends[g] <= t) ++g;  // stops: t < total = ends[n − 1]
-    f(experts[g], t - (g > 0 ? ends[g - 1] : 0));
+    i64 local;
+    const Expert e = scan.at(t, local);
+    f(e, local);
   }
 }
 

@@ -91,27 +91,24 @@ struct Tile {
 // of a warp-specialised kernel walks the same sequence with its own walker.
 template <int kBT>
 struct TileWalker {
-  const Expert* experts;
-  const i64* ends;
+  ExpertScan scan;
   i64 total;
   int ntiles_w;  // N / 128
   i64 t;
-  int g;
 
-  KILN_DEVICE TileWalker(const Expert* ex, const i64* en, i64 tot, int n) : experts(ex), ends(en), total(tot), ntiles_w(n / kBW), t(blockIdx.x), g(0) {}
+  KILN_DEVICE TileWalker(const Expert* ex, const i64* en, i64 tot, int n) : scan{ex, en, 0}, total(tot), ntiles_w(n / kBW), t(blockIdx.x) {}
 
   KILN_DEVICE bool next(Tile& out) {
     if (t >= total) return false;
-    while (ends[g] <= t) ++g;  // stops: t < total = ends[last]
-    const i64 local = t - (g > 0 ? ends[g - 1] : 0);
-    const Expert e = experts[g];
+    i64 local;
+    const Expert e = scan.at(t, local);
     const int mtiles = (e.rows + kBT - 1) / kBT;
     const i64 span = static_cast<i64>(kGroupM) * ntiles_w;
     const int grp = static_cast<int>(local / span);
     const int first = grp * kGroupM;
     const int gm = mtiles - first < kGroupM ? mtiles - first : kGroupM;
     const int r = static_cast<int>(local - grp * span);
-    out.g = g;
+    out.g = scan.g;
     out.mt = first + r % gm;
     out.nt = r / gm;
     out.e = e;

@@ -105,6 +105,9 @@ struct LaneAt {
   bool blocked;
   bool pad_next;  // blocked, the expert's last tile, at an atom's start: rows 64..127 of the atom are padding
 
+  // Whether item j's row holds a token (warp-uniform).
+  KILN_DEVICE bool data(int j) const { return row + j * kWarps < valid; }
+
   KILN_DEVICE i64 scale_at(int j) const {
     // Blocked: tile row r = j·kWarps + warp of a tile starting at a multiple of 32 inside its
     // atom: r % 32 = (j % m)·kWarps + warp and r / 32 = j / m with m = 32 / kWarps (the warp part
@@ -224,7 +227,7 @@ KILN_DEVICE void convert_tile(const Mxfp8Params& p, const LaneAt& l, const uint4
   const bool col_ok = l.col < p.k;
 #pragma unroll
   for (int j = 0; j < kItems; ++j) {
-    const bool data = l.row + j * kWarps < l.valid;  // warp-uniform: the shuffles see the whole warp
+    const bool data = l.data(j);  // warp-uniform: the shuffles see the whole warp
     if (!data && !l.blocked) continue;
     u32 s = 0;  // padding rows: the scale of an all-zero row
     if (data) {
@@ -255,7 +258,7 @@ KILN_DEVICE void quantize_tile(const Mxfp8Params& p, const LaneAt& l) {
 #pragma unroll
   for (int j = 0; j < kItems; ++j) {
     raw[j] = make_uint4(0u, 0u, 0u, 0u);
-    if (l.row + j * kWarps < l.valid && col_ok) raw[j] = load_x<T, kVec>(x + l.x + j * l.x_step);
+    if (l.data(j) && col_ok) raw[j] = load_x<T, kVec>(x + l.x + j * l.x_step);
   }
   convert_tile<T, kVec>(p, l, raw);
 }
@@ -286,7 +289,7 @@ KILN_DEVICE void dequantize_tile(const Mxfp8Params& p, const LaneAt& l) {
   for (int j = 0; j < kItems; ++j) {
     qraw[j] = make_uint2(0u, 0u);
     sraw[j] = 0;
-    if (l.row + j * kWarps < l.valid && col_ok) {
+    if (l.data(j) && col_ok) {
       const u8* src = p.q + l.q + j * l.q_step;
       if constexpr (kVec) {
         qraw[j] = *reinterpret_cast<const uint2*>(src);
@@ -302,7 +305,7 @@ KILN_DEVICE void dequantize_tile(const Mxfp8Params& p, const LaneAt& l) {
   T* out = static_cast<T*>(p.x);
 #pragma unroll
   for (int j = 0; j < kItems; ++j) {
-    if (!(l.row + j * kWarps < l.valid && col_ok)) continue;
+    if (!(l.data(j) && col_ok)) continue;
     const float sc = kiln::e8m0_to_f32(sraw[j]);
     const u32 w[2] = {qraw[j].x, qraw[j].y};
     float v[kLaneElems];
@@ -331,19 +334,32 @@ KILN_DEVICE i64* table_ends(unsigned char* smem, int n) {
   return reinterpret_cast<i64*>(smem + sizeof(Expert) * n);
 }
 
-// The body both register kernels share: after the PDL wait, the expert table in `smem` (tiles per
-// expert: tiles_of), then `f(lane)` for this CTA's tiles.
+// A launch's tiles: the expert table in shared memory and the tile counts.
+struct Tiles {
+  Expert* experts;
+  i64* ends;
+  i64 ktiles;  // column tiles
+  i64 total;
+};
+
+// Every kernel's start: the PDL wait, the expert table in `table` (tiles per expert: tiles_of;
+// its barrier ends the call), then the early release of dependents.
+template <bool kPdl>
+KILN_DEVICE Tiles build_tiles(const Mxfp8Params& p, unsigned char* table) {
+  const ExpertMeta meta = meta_of(p);
+  Tiles t{table_experts(table), table_ends(table, table_size(meta)), (p.k + kTileCols - 1) / kTileCols, 0};
+  kiln::pdl_wait<kPdl>();
+  t.total = build_table<kThreads>(meta, t.experts, t.ends, [&](const Expert& e) -> i64 { return tiles_of(e, t.ktiles); });
+  kiln::pdl_launch_dependents<kPdl>();
+  return t;
+}
+
+// The body both register kernels share: the tiles, then `f(lane)` for this CTA's tiles.
 template <bool kPdl, typename F>
 KILN_DEVICE void over_tiles(const Mxfp8Params& p, unsigned char* smem, F&& f) {
-  const ExpertMeta meta = meta_of(p);
-  Expert* experts = table_experts(smem);
-  i64* ends = table_ends(smem, table_size(meta));
-  const i64 ktiles = (p.k + kTileCols - 1) / kTileCols;
-  kiln::pdl_wait<kPdl>();
-  const i64 total = build_table<kThreads>(meta, experts, ends, [&](const Expert& e) -> i64 { return tiles_of(e, ktiles); });
-  kiln::pdl_launch_dependents<kPdl>();
+  const Tiles t = build_tiles<kPdl>(p, smem);
   const i64 nkb = p.k / kBlock;
-  for_each_tile(experts, ends, total, [&](const Expert& e, i64 tile) { f(lane_at(p, e, tile, ktiles, nkb)); });
+  for_each_tile(t.experts, t.ends, t.total, [&](const Expert& e, i64 tile) { f(lane_at(p, e, tile, t.ktiles, nkb)); });
 }
 
 }  // namespace mxfp8
@@ -351,7 +367,6 @@ KILN_DEVICE void over_tiles(const Mxfp8Params& p, unsigned char* smem, F&& f) {
 template <typename T, bool kVec, bool kPdl>
 __global__ void __launch_bounds__(mxfp8::kThreads, mxfp8::kMinBlocks) mxfp8_quantize(const Mxfp8Params p) {
   extern __shared__ __align__(16) unsigned char smem[];
-  // Blocked: whole 128-row atoms, so the padding rows are tiles too.
   mxfp8::over_tiles<kPdl>(p, smem, [&](const mxfp8::LaneAt& l) { mxfp8::quantize_tile<T, kVec>(p, l); });
 }
 
@@ -393,18 +408,6 @@ KILN_DEVICE u32 smem_addr(const void* ptr) {
   return static_cast<u32>(__cvta_generic_to_shared(ptr));
 }
 
-// Tile t of the CTA's sequence → (expert, tile inside it), walking forward only.
-struct Walker {
-  const Expert* experts;
-  const i64* ends;
-  int g;
-  KILN_DEVICE Expert at(i64 t, i64& local) {
-    while (ends[g] <= t) ++g;
-    local = t - (g > 0 ? ends[g - 1] : 0);
-    return experts[g];
-  }
-};
-
 // Thread 0: the copy of an expert's tile `local` into stage `dst`, completing on `bar`.
 KILN_DEVICE void issue_tile(const TmaDesc* map, const Expert& e, i64 local, i64 ktiles, u32 dst, u32 bar) {
   const i64 rt = local / ktiles;
@@ -432,18 +435,13 @@ __global__ void __launch_bounds__(mxfp8::kThreads, 1) mxfp8_quantize_tma(const _
     fence_barrier_init();
     prefetch_tmap(&prm.x_map);
   }
-  const ExpertMeta meta = meta_of(p);
-  Expert* experts = table_experts(table);
-  i64* ends = table_ends(table, table_size(meta));
-  const i64 ktiles = (p.k + kTileCols - 1) / kTileCols;
-  kiln::pdl_wait<kPdl>();
-  // Its barrier also publishes the mbarrier initialisation.
-  const i64 total = build_table<kThreads>(meta, experts, ends, [&](const Expert& e) -> i64 { return tiles_of(e, ktiles); });
-  kiln::pdl_launch_dependents<kPdl>();
+  const Tiles tl = build_tiles<kPdl>(p, table);  // its barrier also publishes the mbarriers
+  const i64 ktiles = tl.ktiles;
+  const i64 total = tl.total;
   const i64 nkb = p.k / kBlock;
   const bool producer = threadIdx.x == 0;
-  Walker feed{experts, ends, 0};
-  Walker use{experts, ends, 0};
+  ExpertScan feed{tl.experts, tl.ends, 0};  // the tiles to issue
+  ExpertScan use{tl.experts, tl.ends, 0};   // the tiles to convert
   i64 next = blockIdx.x;  // the next tile to issue
   if (producer) {
     // The copies (async proxy) must see the predecessor's writes, ordered by the PDL wait.
@@ -466,7 +464,7 @@ __global__ void __launch_bounds__(mxfp8::kThreads, 1) mxfp8_quantize_tma(const _
 #pragma unroll
     for (int j = 0; j < kItems; ++j) {
       raw[j] = make_uint4(0u, 0u, 0u, 0u);
-      if (l.row + j * kWarps < l.valid && l.col < p.k) raw[j] = *reinterpret_cast<const uint4*>(st + (l.row + j * kWarps) * kRowBytes);
+      if (l.data(j) && l.col < p.k) raw[j] = *reinterpret_cast<const uint4*>(st + (l.row + j * kWarps) * kRowBytes);
     }
     __syncthreads();  // every warp has read stage s: it may be refilled
     if (producer && next < total) {

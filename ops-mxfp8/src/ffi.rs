@@ -6,7 +6,8 @@ use kiln_runtime::{Dtype, E4m3, E8m0, Error, LaunchConfig, Result, Runtime};
 
 use crate::ffi_gemm::tensor_map_2d;
 use crate::quant::{
-    Dir, Experts, PARAMS_BYTES, Plan, QuantKernel, SPECS, THREADS, TMA_SPECS, choose, spec_index, tma_index, tma_smem, vector_ok,
+    Dir, Experts, PARAMS_BYTES, Plan, QuantKernel, SPECS, THREADS, TILE_COLS, TILE_ROWS, TMA_SPECS, choose, spec_index, tma_index,
+    tma_smem, vector_ok,
 };
 
 /// `Mxfp8Params` of `cuda/quant.cuh`, field for field.
@@ -41,7 +42,7 @@ struct TmaQuantParams {
 const _: () = assert!(size_of::<TmaQuantParams>() == 256);
 
 /// The tensor map of the quantizer's input: `[rows, k]` 16-bit elements with row stride
-/// `x_stride`, box {256, 64}, no swizzle (the caller checked `vector_ok`: 16-byte aligned x and
+/// `x_stride`, box one tile ({256, 64}), no swizzle (the caller checked `vector_ok`: 16-byte aligned x and
 /// row stride).
 fn x_map(addr: u64, rows: usize, k: usize, x_stride: usize) -> Result<sys::CUtensorMap> {
     tensor_map_2d(
@@ -49,7 +50,7 @@ fn x_map(addr: u64, rows: usize, k: usize, x_stride: usize) -> Result<sys::CUten
         sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_UINT16,
         [k as u64, rows as u64],
         x_stride as u64 * 2,
-        [256, 64],
+        [TILE_COLS as u32, TILE_ROWS as u32],
         sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_NONE,
     )
 }

@@ -27,9 +27,9 @@ pub const MAX_EXPERTS: usize = 1024;
 
 /// Threads per CTA of both kernels.
 pub(crate) const THREADS: u32 = 256;
-/// Rows × columns of one tile (`kTileRows`, `kTileCols` in `quant.cuh`).
-const TILE_ROWS: usize = 64;
-const TILE_COLS: usize = 256;
+/// Rows × columns of one tile (`kTileRows`, `kTileCols` in `quant.cuh`; the TMA kernels' box).
+pub(crate) const TILE_ROWS: usize = 64;
+pub(crate) const TILE_COLS: usize = 256;
 /// Shared memory per expert of the table (`experts.cuh`: a 16-byte `Expert` and an i64).
 const SMEM_PER_EXPERT: usize = 24;
 
@@ -156,7 +156,7 @@ impl QuantKernel {
 
 /// Stages of the TMA quantizer (`mxfp8_quantize_tma`) and the bytes of one stage (a tile).
 const TMA_STAGES: [u32; 2] = [2, 4];
-const TMA_STAGE_BYTES: u32 = 64 * 256 * 2;
+const TMA_STAGE_BYTES: u32 = (TILE_ROWS * TILE_COLS * 2) as u32;
 /// Tiles per SM from which `Auto` picks the 4-stage kernel (measured on the H100: 4096×7168 with
 /// 32 experts, 15.7 tiles per SM, is 7 % faster with Tma2; 32768×2048, 31 per SM, 6 % faster with
 /// Tma4).
