@@ -451,7 +451,7 @@ fn edges<T: Input>(l: ScaleLayout) -> anyhow::Result<()> {
 
 /// Bad device metadata: every expert is clamped as documented, nothing lands outside the views
 /// (guards on both sides of q and of the scales stay poisoned).
-fn bad_metadata(l: ScaleLayout) -> anyhow::Result<()> {
+fn bad_metadata(l: ScaleLayout, kernel: QuantKernel) -> anyhow::Result<()> {
     let (rows, k, scale_rows) = (400usize, 256usize, 512usize);
     let blocked = l == BLK;
     // (offset, tokens, scale offset): valid; clamped to the token rows; negative offset; negative
@@ -481,18 +481,37 @@ fn bad_metadata(l: ScaleLayout) -> anyhow::Result<()> {
     let want = [9, 10, 0, 0, 128, if blocked { 0 } else { 5 }, 0, 0, 90, 0, 0];
     anyhow::ensure!(got == want, "clamped rows {got:?}, expected {want:?}");
     // Guards before and after the q and scale views.
-    let c = QCase {
-        shape: Mxfp8Shape::contiguous(rows, k),
-        layout: l,
-        meta: Some(meta),
-        scale_rows,
-        offs: (0, 64, 512),
-        kernel: QuantKernel::Auto,
-    };
+    let c = QCase { shape: Mxfp8Shape::contiguous(rows, k), layout: l, meta: Some(meta), scale_rows, offs: (0, 64, 512), kernel };
     let seed = seed();
     let x = random_data::<bf16>(&mut Rng::new(seed), rows * k);
     check_quant(&c, &x, seed)?;
+    if kernel != QuantKernel::Auto {
+        return Ok(());
+    }
     dequant_case::<bf16>(c)
+}
+
+/// Experts listed in any order (nothing may assume the metadata ascends): `tokens` stored back to
+/// back after a gap row each, then listed in the order `order` gives.
+fn permuted(tokens: &[i32], order: &[usize], k: usize, l: ScaleLayout, kernel: QuantKernel) -> anyhow::Result<()> {
+    let (meta, rows, scale_rows) = Meta::packed(tokens, 1, 3, 1, l);
+    let pick = |v: &[i32]| order.iter().map(|&g| v[g]).collect::<Vec<i32>>();
+    let meta = Meta { offsets: pick(&meta.offsets), tokens: pick(&meta.tokens), scale_offsets: pick(&meta.scale_offsets) };
+    let c = QCase { shape: Mxfp8Shape::contiguous(rows, k), layout: l, meta: Some(meta), scale_rows, offs: (0, 0, 0), kernel };
+    let seed = seed();
+    let x = random_data::<bf16>(&mut Rng::new(seed), rows * k);
+    check_quant(&c, &x, seed).map(|_| ())
+}
+
+/// Experts covering only the first rows of a much taller x (a buffer sized for the worst case):
+/// rows past the last expert are neither read into results nor written.
+fn tall_x(l: ScaleLayout, kernel: QuantKernel) -> anyhow::Result<()> {
+    let (meta, _, scale_rows) = Meta::packed(&[40, 0, 61], 0, 0, 0, l);
+    let (rows, k) = (3000, 256);
+    let c = QCase { shape: Mxfp8Shape::contiguous(rows, k), layout: l, meta: Some(meta), scale_rows, offs: (0, 0, 0), kernel };
+    let seed = seed();
+    let x = random_data::<bf16>(&mut Rng::new(seed), rows * k);
+    check_quant(&c, &x, seed).map(|_| ())
 }
 
 /// quantize → dequantize → quantize → dequantize, each PDL launch consuming its predecessor's
@@ -712,7 +731,7 @@ fn main() {
         let lt = l.tag();
         v.push(trial(format!("t2::mxfp8::pdl_chain::{lt}::dense"), Need::Gpu, move || pdl_chain(l, false)));
         v.push(trial(format!("t2::mxfp8::pdl_chain::{lt}::grouped"), Need::Gpu, move || pdl_chain(l, true)));
-        v.push(trial(format!("t2::mxfp8::sanitize::bad_metadata::{lt}"), Need::Gpu, move || bad_metadata(l)));
+        v.push(trial(format!("t2::mxfp8::sanitize::bad_metadata::{lt}"), Need::Gpu, move || bad_metadata(l, QuantKernel::Auto)));
         v.push(trial(format!("t2::mxfp8::sanitize::grouped::{lt}"), Need::Gpu, move || {
             quant_case::<bf16>(QCase::grouped(&[0, 5, 130, 0, 1], 256, l, 1))
         }));
@@ -730,5 +749,28 @@ fn main() {
         }));
     }
     v.push(trial("t2::mxfp8::sanitize::errors_and_empty", Need::Gpu, errors_and_empty));
+    // The TMA kernels on experts out of order (also 1024 of them), on bad metadata (clamped, out
+    // of order) and on an x taller than its experts.
+    for l in [BLK, RM] {
+        let lt = l.tag();
+        for kernel in [QuantKernel::Tma2, QuantKernel::Tma4] {
+            v.push(trial(format!("t2::mxfp8::order::{lt}::{kernel:?}::reversed"), Need::Gpu, move || {
+                let tokens = [3, 0, 200, 64, 1, 0, 130, 77];
+                let order: Vec<usize> = (0..tokens.len()).rev().collect();
+                permuted(&tokens, &order, 512, l, kernel)
+            }));
+            v.push(trial(format!("t2::mxfp8::order::{lt}::{kernel:?}::shuffled_1024"), Need::Gpu, move || {
+                let tokens: Vec<i32> = (0..1024).map(|g| [0, 1, 3, 0, 17, 2, 0, 130][g % 8]).collect();
+                let order: Vec<usize> = (0..1024).map(|g| (g * 389 + 17) % 1024).collect();
+                permuted(&tokens, &order, 256, l, kernel)
+            }));
+            v.push(trial(format!("t2::mxfp8::order::{lt}::{kernel:?}::bad_metadata"), Need::Gpu, move || bad_metadata(l, kernel)));
+            v.push(trial(format!("t2::mxfp8::order::{lt}::{kernel:?}::tall_x"), Need::Gpu, move || tall_x(l, kernel)));
+        }
+        v.push(trial(format!("t2::mxfp8::sanitize::tma2_order::{lt}"), Need::Gpu, move || {
+            bad_metadata(l, QuantKernel::Tma2)?;
+            tall_x(l, QuantKernel::Tma2)
+        }));
+    }
     kiln_tests::main(v)
 }
