@@ -153,8 +153,8 @@ KILN_DEVICE void prefetch_l2(const Params& p, long long row) {
   const char* gate = reinterpret_cast<const char*>(static_cast<const T*>(p.in) + row * p.in_stride) + begin;
   const char* up = gate + p.d * static_cast<long long>(sizeof(T));
   const unsigned bytes = static_cast<unsigned>(end - begin);
-  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(__cvta_generic_to_global(gate)), "r"(bytes));
-  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(__cvta_generic_to_global(up)), "r"(bytes));
+  kiln::pdl_prefetch_l2<true>(gate, bytes);
+  kiln::pdl_prefetch_l2<true>(up, bytes);
 #endif
 }
 

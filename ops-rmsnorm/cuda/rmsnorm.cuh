@@ -55,6 +55,7 @@ enum Form : int { kHf = 0, kFp32 = 1, kGemma = 2 };
 enum Flag : int {
   kFlagVec = 1,     // 16-byte accesses (hidden % V == 0 and alignment checked by the host)
   kFlagSumF32 = 2,  // fused: normalise the fp32 sum v instead of RN_T(v)
+  kFlagPrefetch = 4,  // small vector-path launches: warm L2 with the rows before the PDL wait
 };
 
 struct Params {
@@ -72,7 +73,7 @@ struct Params {
   int iters_log2;        // rmsnorm_rows_stream: 2^iters_log2 chunk slots per thread
   float eps;
   int form;              // kHf, kFp32, kGemma
-  int flags;             // kFlagVec | kFlagSumF32
+  int flags;             // kFlagVec | kFlagSumF32 | kFlagPrefetch
   int rows_per_thread;   // rmsnorm_rows: rows each thread handles (1 ≤ R ≤ kRows)
 };
 
@@ -296,6 +297,40 @@ KILN_DEVICE void write_chunk(const Params& p, T* orow, T* rrow, int c, const uin
 
 // ---- Rows held in registers: K chunks of each of R rows per thread.
 
+// This thread's rows in rmsnorm_rows: slot j is row base + j·step (j < rows_per_thread), g its
+// thread index in the row's group. G ≤ 32: the CTA's (blockDim / G) row groups, R times over;
+// G > 32: R consecutive rows per CTA.
+struct RowSlots {
+  long long base, step;
+  int g;
+};
+
+KILN_DEVICE RowSlots row_slots(const Params& p) {
+  const int lg = p.log2_group;
+  const int tid = static_cast<int>(threadIdx.x);
+  if (lg <= 5) {
+    const long long step = blockDim.x >> lg;
+    return RowSlots{static_cast<long long>(blockIdx.x) * step * p.rows_per_thread + (tid >> lg), step, tid & ((1 << lg) - 1)};
+  }
+  return RowSlots{static_cast<long long>(blockIdx.x) * p.rows_per_thread, 1, tid};
+}
+
+// kFlagPrefetch (set by the host for small vector-path launches): each row group's first thread
+// warms L2 with its rows of x (and of the residual) before the PDL wait.
+template <typename T, bool kFused, bool kPdl>
+KILN_DEVICE void prefetch_rows(const Params& p) {
+  if (!(p.flags & kFlagPrefetch)) return;
+  const RowSlots rs = row_slots(p);
+  if (rs.g != 0) return;
+  const unsigned bytes = static_cast<unsigned>(p.hidden) * sizeof(T);  // a multiple of 16 on the vector path
+  for (int j = 0; j < p.rows_per_thread; ++j) {
+    const long long row = rs.base + j * rs.step;
+    if (row >= p.rows) break;
+    kiln::pdl_prefetch_l2<kPdl>(static_cast<const T*>(p.x) + row * p.x_stride, bytes);
+    if constexpr (kFused) kiln::pdl_prefetch_l2<kPdl>(static_cast<const T*>(p.residual) + row * p.res_stride, bytes);
+  }
+}
+
 template <typename T, typename W, int kK, int kRows, bool kPdl, bool kFused, bool kVec>
 KILN_DEVICE void rows_body(const Params& p, float (*part)[32]) {
   constexpr int V = kiln::kVec16<T>;
@@ -307,19 +342,9 @@ KILN_DEVICE void rows_body(const Params& p, float (*part)[32]) {
   const int lg = p.log2_group;
   const int tid = static_cast<int>(threadIdx.x);
   const int nr = p.rows_per_thread;
-  // Row of slot j: base + j * step. G ≤ 32: the CTA's (blockDim / G) row groups, R times over;
-  // G > 32: R consecutive rows per CTA.
-  long long base, step;
-  int g;
-  if (lg <= 5) {
-    step = blockDim.x >> lg;
-    base = static_cast<long long>(blockIdx.x) * step * nr + (tid >> lg);
-    g = tid & ((1 << lg) - 1);
-  } else {
-    step = 1;
-    base = static_cast<long long>(blockIdx.x) * nr;
-    g = tid;
-  }
+  const RowSlots rs = row_slots(p);
+  const long long base = rs.base, step = rs.step;
+  const int g = rs.g;
   const bool sum_f32 = (p.flags & kFlagSumF32) != 0;
   const W* wt = static_cast<const W*>(p.weight);
 
@@ -419,6 +444,7 @@ __global__ void __launch_bounds__(Bounds<T, W, kK, kRows, kFused>::kThreads, Bou
   static_assert(kK == 1 || kK == 2 || kK == 4, "K ∈ {1, 2, 4}");
   static_assert(kRows == 1 || (!kFused && kRows * kK <= 4), "rows per thread: 1, or R·K ≤ 4 unfused");
   __shared__ float part[kRows][32];
+  prefetch_rows<T, kFused, kPdl>(p);
   kiln::pdl_wait<kPdl>();
   if ((p.flags & kFlagVec) != 0) {
     rows_body<T, W, kK, kRows, kPdl, kFused, true>(p, part);

@@ -261,9 +261,26 @@ fn execute<T: Activation, W: WeightOf<T>>(rt: &Runtime, req: &Request, ptrs: [u6
     ffi::launch(rt, &kernel, &plan, &params)
 }
 
+/// Vector-path launches reading at most PREFETCH_MAX_BYTES of rows, or rows of at most
+/// PREFETCH_MAX_ROW_BYTES, warm L2 with them before the PDL wait (flag `kFlagPrefetch`): the CTAs
+/// resident before the predecessor ends then start from L2. Measured on the H100 (S4-3): up to
+/// 4 MiB 3–20 % faster (1×4096 1.60 → 1.54 µs, 512×128 1.49 → 1.19); beyond, 0.5–1 % faster with
+/// rows of 128 and 4096 bf16, but 2–5 % slower with 8192 at 512 and 2048 rows.
+const PREFETCH_MAX_BYTES: usize = 4 << 20;
+const PREFETCH_MAX_ROW_BYTES: usize = 8 << 10;
+
+/// Whether a vector-path launch warms L2 with its rows before the PDL wait.
+fn prefetch_rows(rows: usize, hidden: usize, elem: usize, fused: bool) -> bool {
+    let row_bytes = hidden.saturating_mul(elem);
+    let input_bytes = rows.saturating_mul(row_bytes).saturating_mul(if fused { 2 } else { 1 });
+    input_bytes <= PREFETCH_MAX_BYTES || row_bytes <= PREFETCH_MAX_ROW_BYTES
+}
+
 fn params(req: &Request, plan: &Plan, x: u64, out: u64, residual: u64, weight: u64) -> ffi::Params {
     let s = req.shape;
-    let flags = plan.vec as i32 | (((req.residual.is_some() && req.norm.sum == FusedSum::Fp32) as i32) << 1);
+    let fused = req.residual.is_some();
+    let prefetch = plan.vec && prefetch_rows(s.rows, s.hidden, req.elem, fused);
+    let flags = plan.vec as i32 | (((fused && req.norm.sum == FusedSum::Fp32) as i32) << 1) | ((prefetch as i32) << 2);
     ffi::Params {
         x,
         out,
@@ -490,6 +507,17 @@ pub mod forced {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prefetch_policy() {
+        assert!(prefetch_rows(1, 128, 2, false));
+        assert!(prefetch_rows(1024, 2048, 2, false), "4 MiB");
+        assert!(prefetch_rows(1024, 2048, 2, true), "8 MiB fused, but rows of 4 KiB");
+        assert!(prefetch_rows(65536, 4096, 2, false), "rows of 8 KiB");
+        assert!(!prefetch_rows(512, 8192, 2, false), "8 MiB of 16 KiB rows");
+        assert!(prefetch_rows(128, 8192, 2, false), "2 MiB");
+        assert!(!prefetch_rows(usize::MAX, usize::MAX, 4, true), "saturating");
+    }
 
     #[test]
     fn spec_table_is_indexed_consistently() {

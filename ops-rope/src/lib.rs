@@ -195,6 +195,10 @@ fn finish<T: Element, P: Position>(rt: &Runtime, mut plan: plan::Plan, norm: boo
         p.flags |= ffi::WEIGHT_F32;
     }
     let vec = vectorizable::<T>(ptrs.q, ptrs.k, ptrs.q_stride, ptrs.k_stride);
+    let head_bytes = (p.nq + p.nk) as usize * p.head_dim as usize * size_of::<T>();
+    if vec && (plan.grid.0 as usize).saturating_mul(head_bytes) <= plan::PREFETCH_MAX_BYTES {
+        p.flags |= ffi::PREFETCH;
+    }
     let kernel = rt.kernel(spec(T::ID, norm, vec, rt.pdl_enabled()))?;
     ffi::launch(rt, &kernel, plan.grid, plan.block, &plan.params)
 }
