@@ -5,11 +5,10 @@ use kiln_runtime::{Kernel, LaunchConfig, Result, Runtime};
 /// Pairs the parameter struct has room for (`kMaxPairs`: rotary_dim ≤ 256).
 pub(crate) const MAX_PAIRS: usize = 128;
 
-/// `Params::flags` bits (`kInterleaved`, `kPosI64`, `kWeightF32`, `kPrefetch`).
+/// `Params::flags` bits (`kInterleaved`, `kPosI64`, `kWeightF32`).
 pub(crate) const INTERLEAVED: i32 = 1;
 pub(crate) const POS_I64: i32 = 2;
 pub(crate) const WEIGHT_F32: i32 = 4;
-pub(crate) const PREFETCH: i32 = 8;
 
 /// Mirror of `kiln_rope::Params` in `cuda/rope.cuh`, field for field.
 #[repr(C)]

@@ -63,33 +63,47 @@ const DTYPES: [DtypeId; 2] = [DtypeId::Bf16, DtypeId::F16];
 
 static SPECS: LazyLock<Vec<KernelSpec>> = LazyLock::new(build_specs);
 
+/// The access modes of one (dtype, norm) pair, in `SPECS` order: (16-byte vectors, L2 prefetch
+/// before the PDL wait, PDL). The prefetching kernel exists only with PDL (without it there is no
+/// predecessor to overlap).
+const MODES: [(bool, bool, bool); 5] =
+    [(true, false, false), (true, false, true), (false, false, false), (false, false, true), (true, true, true)];
+
 fn build_specs() -> Vec<KernelSpec> {
     let mut v = Vec::new();
     for dt in DTYPES {
         for norm in [true, false] {
-            for vec in [true, false] {
-                for pdl in [false, true] {
-                    let op = if norm { "fused_qk_norm_rope" } else { "apply_rope" };
-                    let name = format!("{op}__{}__{}{}", dt.tag(), if vec { "v16" } else { "scalar" }, if pdl { "__pdl" } else { "" });
-                    let args = [dt.into(), TemplateArg::Bool(norm), TemplateArg::Bool(vec), TemplateArg::Bool(pdl)];
-                    // Bit-reproducible arithmetic: explicit _rn intrinsics everywhere, and no flush
-                    // of f32 subnormals (bf16 inputs may be subnormal).
-                    let spec = KernelSpec::new(name, &SOURCE, template_expr("rope_kernel", &args));
-                    v.push(spec.pdl(pdl).math(MathPolicy::Fixed(FastMath::PRECISE)));
-                }
+            for (vec, prefetch, pdl) in MODES {
+                let op = if norm { "fused_qk_norm_rope" } else { "apply_rope" };
+                let access = match (vec, prefetch) {
+                    (true, true) => "v16_prefetch",
+                    (true, false) => "v16",
+                    (false, _) => "scalar",
+                };
+                let name = format!("{op}__{}__{access}{}", dt.tag(), if pdl { "__pdl" } else { "" });
+                let args =
+                    [dt.into(), TemplateArg::Bool(norm), TemplateArg::Bool(vec), TemplateArg::Bool(pdl), TemplateArg::Bool(prefetch)];
+                // Bit-reproducible arithmetic: explicit _rn intrinsics everywhere, and no flush
+                // of f32 subnormals (bf16 inputs may be subnormal).
+                let spec = KernelSpec::new(name, &SOURCE, template_expr("rope_kernel", &args));
+                v.push(spec.pdl(pdl).math(MathPolicy::Fixed(FastMath::PRECISE)));
             }
         }
     }
     v
 }
 
-fn spec(dt: DtypeId, norm: bool, vec: bool, pdl: bool) -> &'static KernelSpec {
+/// The kernel of a launch; `prefetch` applies to PDL vector launches only.
+fn spec(dt: DtypeId, norm: bool, vec: bool, pdl: bool, prefetch: bool) -> &'static KernelSpec {
     let d = DTYPES.iter().position(|&x| x == dt).expect("Element is bf16 or f16");
-    &SPECS[d * 8 + (!norm as usize) * 4 + (!vec as usize) * 2 + pdl as usize]
+    let mode = (vec, prefetch && vec && pdl, pdl);
+    let m = MODES.iter().position(|&x| x == mode).expect("every mode has a spec");
+    &SPECS[(d * 2 + !norm as usize) * MODES.len() + m]
 }
 
 /// Every kernel instantiation of this crate (for prewarm, snapshots and preload): bf16 and f16 ×
-/// {norm + RoPE, RoPE} × {16-byte vector, scalar (unaligned rows)} × {plain, PDL}.
+/// {norm + RoPE, RoPE} × {16-byte vector, scalar (unaligned rows)} × {plain, PDL}, and the
+/// prefetching PDL vector kernels of small launches.
 pub fn kernel_specs() -> Vec<KernelSpec> {
     SPECS.clone()
 }
@@ -196,10 +210,8 @@ fn finish<T: Element, P: Position>(rt: &Runtime, mut plan: plan::Plan, norm: boo
     }
     let vec = vectorizable::<T>(ptrs.q, ptrs.k, ptrs.q_stride, ptrs.k_stride);
     let head_bytes = (p.nq + p.nk) as usize * p.head_dim as usize * size_of::<T>();
-    if vec && (plan.grid.0 as usize).saturating_mul(head_bytes) <= plan::PREFETCH_MAX_BYTES {
-        p.flags |= ffi::PREFETCH;
-    }
-    let kernel = rt.kernel(spec(T::ID, norm, vec, rt.pdl_enabled()))?;
+    let prefetch = (plan.grid.0 as usize).saturating_mul(head_bytes) <= plan::PREFETCH_MAX_BYTES;
+    let kernel = rt.kernel(spec(T::ID, norm, vec, rt.pdl_enabled(), prefetch))?;
     ffi::launch(rt, &kernel, plan.grid, plan.block, &plan.params)
 }
 

@@ -101,11 +101,11 @@ pub(crate) fn launch_shape(tokens: usize, heads: usize, head_dim: usize, pairs: 
 /// 5.38 µs vs 6.32 and at 2048 tokens 15.96 vs 16.99, with (32,4,4,128) unchanged at 512).
 pub(crate) const TWO_PAIRS_FROM_TOKENS: usize = 512;
 
-/// Launches whose q and k heads span at most this many bytes warm L2 with them before the PDL
-/// wait (flag `kPrefetch`, vector kernels): the CTAs resident before the predecessor ends then
-/// start from L2. Measured on the H100 (S4-3): 1–128 tokens 2–30 % faster, 512 tokens of 36 heads
-/// × 128 (4.7 MB) 4 % faster, of 68 heads (8.9 MB) 2 % slower, 2048 tokens 3–4 % slower.
-pub(crate) const PREFETCH_MAX_BYTES: usize = 6 << 20;
+/// PDL vector launches whose q and k heads span at most this many bytes run the kernel that warms
+/// L2 with them before the PDL wait (`kPrefetch`): the CTAs resident before the predecessor ends
+/// then start from L2. Measured on the H100 (S4-6, against the kernel without that code): 1–32
+/// tokens 0.5–8 % faster, 128 tokens 16–20 % (up to 2.2 MB), 512 tokens (4.7 MB) 7 % slower.
+pub(crate) const PREFETCH_MAX_BYTES: usize = 3 << 20;
 
 /// Threads after the head lanes that build the (cos, sin) table, in whole warps: one per rotary
 /// pair, or one per two pairs from [`TWO_PAIRS_FROM_TOKENS`] tokens on.

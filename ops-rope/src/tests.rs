@@ -120,21 +120,26 @@ fn alignment_decides_vector_access() {
 #[test]
 fn spec_table() {
     let specs = kernel_specs();
-    assert_eq!(specs.len(), 16);
+    assert_eq!(specs.len(), 20);
     let names: Vec<&str> = specs.iter().map(|s| s.name()).collect();
     assert!(names.contains(&"fused_qk_norm_rope__bf16__v16__pdl") && names.contains(&"apply_rope__f16__scalar"));
+    assert!(names.contains(&"apply_rope__f16__v16_prefetch__pdl"));
     for dt in DTYPES {
         for norm in [true, false] {
             for vec in [true, false] {
                 for pdl in [false, true] {
-                    let s = spec(dt, norm, vec, pdl);
-                    assert_eq!(s.is_pdl(), pdl);
-                    assert_eq!(s.expr(), format!("rope_kernel<{}, {norm}, {vec}, {pdl}>", dt.cpp()));
-                    assert_eq!(params_bytes(s), Some(1120));
+                    for prefetch in [false, true] {
+                        let s = spec(dt, norm, vec, pdl, prefetch);
+                        // Only PDL vector launches prefetch.
+                        let pf = prefetch && vec && pdl;
+                        assert_eq!(s.is_pdl(), pdl);
+                        assert_eq!(s.expr(), format!("rope_kernel<{}, {norm}, {vec}, {pdl}, {pf}>", dt.cpp()));
+                        assert_eq!(params_bytes(s), Some(1120));
+                    }
                 }
             }
         }
     }
-    let other = KernelSpec::new("x", &SOURCE, "rope_kernel<float, true, true, true>");
+    let other = KernelSpec::new("x", &SOURCE, "rope_kernel<float, true, true, true, false>");
     assert_eq!(params_bytes(&other), Some(1120));
 }
