@@ -38,8 +38,9 @@
 //     from L2), for rows too long for registers.
 // With a thread's chunks k at group index q = w + (G / 32)·k (w: warp), step 3 is: a tree over k
 // in the thread, then a butterfly over the warps' partials (shared memory, one barrier).
-// PDL: griddepcontrol.wait before any global access; launch_dependents once the row is loaded
-// (after the first pass in the two-pass kernel).
+// PDL: griddepcontrol.wait before any global access (with flag kFlagPrefetch the register kernels
+// first issue an L2 prefetch of their rows, which moves nothing into the kernel's view);
+// launch_dependents once the row is loaded (after the first pass in the two-pass kernel).
 #include <kiln/common.cuh>
 #include <kiln/vec.cuh>
 #include <kiln/convert.cuh>
