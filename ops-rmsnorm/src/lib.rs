@@ -261,19 +261,23 @@ fn execute<T: Activation, W: WeightOf<T>>(rt: &Runtime, req: &Request, ptrs: [u6
     ffi::launch(rt, &kernel, &plan, &params)
 }
 
-/// Vector-path launches reading at most PREFETCH_MAX_BYTES of rows, or rows of at most
-/// PREFETCH_MAX_ROW_BYTES, warm L2 with them before the PDL wait (flag `kFlagPrefetch`): the CTAs
-/// resident before the predecessor ends then start from L2. Measured on the H100 (S4-3): up to
-/// 4 MiB 3–20 % faster (1×4096 1.60 → 1.54 µs, 512×128 1.49 → 1.19); beyond, 0.5–1 % faster with
-/// rows of 128 and 4096 bf16, but 2–5 % slower with 8192 at 512 and 2048 rows.
+/// Vector-path launches reading at most PREFETCH_MAX_BYTES of rows, rows of at most
+/// PREFETCH_MAX_ROW_BYTES, or at least PREFETCH_MIN_LARGE_BYTES, warm L2 with their rows before
+/// the PDL wait (flag `kFlagPrefetch`): the CTAs resident before the predecessor ends then start
+/// from L2. Measured on the H100 (S4-3): up to 4 MiB 3–20 % faster (1×4096 1.60 → 1.54 µs,
+/// 512×128 1.49 → 1.19); beyond, 0.5–1 % faster with rows of 128 and 4096 bf16; with rows of
+/// 8192 bf16 2–5 % slower at 512 and 2048 rows (8–32 MiB) but faster at 8192 and 16384 rows
+/// (128–256 MiB; S4-13, against no prefetch in one call: 92.1 → 91.5 µs, 181.6 → 180.5, fused
+/// 16384×8192 367.1 → 363.8).
 const PREFETCH_MAX_BYTES: usize = 4 << 20;
 const PREFETCH_MAX_ROW_BYTES: usize = 8 << 10;
+const PREFETCH_MIN_LARGE_BYTES: usize = 128 << 20;
 
 /// Whether a vector-path launch warms L2 with its rows before the PDL wait.
 fn prefetch_rows(rows: usize, hidden: usize, elem: usize, fused: bool) -> bool {
     let row_bytes = hidden.saturating_mul(elem);
     let input_bytes = rows.saturating_mul(row_bytes).saturating_mul(if fused { 2 } else { 1 });
-    input_bytes <= PREFETCH_MAX_BYTES || row_bytes <= PREFETCH_MAX_ROW_BYTES
+    input_bytes <= PREFETCH_MAX_BYTES || row_bytes <= PREFETCH_MAX_ROW_BYTES || input_bytes >= PREFETCH_MIN_LARGE_BYTES
 }
 
 fn params(req: &Request, plan: &Plan, x: u64, out: u64, residual: u64, weight: u64) -> ffi::Params {
@@ -515,8 +519,11 @@ mod tests {
         assert!(prefetch_rows(1024, 2048, 2, true), "8 MiB fused, but rows of 4 KiB");
         assert!(prefetch_rows(65536, 4096, 2, false), "rows of 8 KiB");
         assert!(!prefetch_rows(512, 8192, 2, false), "8 MiB of 16 KiB rows");
+        assert!(!prefetch_rows(2048, 8192, 2, false), "32 MiB of 16 KiB rows");
+        assert!(prefetch_rows(8192, 8192, 2, false), "128 MiB");
+        assert!(prefetch_rows(4096, 8192, 2, true), "128 MiB fused");
         assert!(prefetch_rows(128, 8192, 2, false), "2 MiB");
-        assert!(!prefetch_rows(usize::MAX, usize::MAX, 4, true), "saturating");
+        assert!(prefetch_rows(usize::MAX, usize::MAX, 4, true), "saturating: large");
     }
 
     #[test]
