@@ -149,6 +149,10 @@ impl QCase {
     }
     fn grouped(tokens: &[i32], k: usize, layout: ScaleLayout, gap: usize) -> Self {
         let (meta, rows, scale_rows) = Meta::packed(tokens, gap, 3, 1, layout);
+        QCase::of_meta(meta, rows, k, scale_rows, layout)
+    }
+    /// Contiguous `[rows, k]` views described by `meta`, `scale_rows` scale rows.
+    fn of_meta(meta: Meta, rows: usize, k: usize, scale_rows: usize, layout: ScaleLayout) -> Self {
         QCase { shape: Mxfp8Shape::contiguous(rows, k), layout, meta: Some(meta), scale_rows, offs: (0, 0, 0), kernel: QuantKernel::Auto }
     }
     fn kernel(mut self, kernel: QuantKernel) -> Self {
@@ -481,7 +485,7 @@ fn bad_metadata(l: ScaleLayout, kernel: QuantKernel) -> anyhow::Result<()> {
     let want = [9, 10, 0, 0, 128, if blocked { 0 } else { 5 }, 0, 0, 90, 0, 0];
     anyhow::ensure!(got == want, "clamped rows {got:?}, expected {want:?}");
     // Guards before and after the q and scale views.
-    let c = QCase { shape: Mxfp8Shape::contiguous(rows, k), layout: l, meta: Some(meta), scale_rows, offs: (0, 64, 512), kernel };
+    let c = QCase { offs: (0, 64, 512), ..QCase::of_meta(meta, rows, k, scale_rows, l).kernel(kernel) };
     let seed = seed();
     let x = random_data::<bf16>(&mut Rng::new(seed), rows * k);
     check_quant(&c, &x, seed)?;
@@ -497,21 +501,14 @@ fn permuted(tokens: &[i32], order: &[usize], k: usize, l: ScaleLayout, kernel: Q
     let (meta, rows, scale_rows) = Meta::packed(tokens, 1, 3, 1, l);
     let pick = |v: &[i32]| order.iter().map(|&g| v[g]).collect::<Vec<i32>>();
     let meta = Meta { offsets: pick(&meta.offsets), tokens: pick(&meta.tokens), scale_offsets: pick(&meta.scale_offsets) };
-    let c = QCase { shape: Mxfp8Shape::contiguous(rows, k), layout: l, meta: Some(meta), scale_rows, offs: (0, 0, 0), kernel };
-    let seed = seed();
-    let x = random_data::<bf16>(&mut Rng::new(seed), rows * k);
-    check_quant(&c, &x, seed).map(|_| ())
+    quant_case::<bf16>(QCase::of_meta(meta, rows, k, scale_rows, l).kernel(kernel))
 }
 
 /// Experts covering only the first rows of a much taller x (a buffer sized for the worst case):
 /// rows past the last expert are neither read into results nor written.
 fn tall_x(l: ScaleLayout, kernel: QuantKernel) -> anyhow::Result<()> {
     let (meta, _, scale_rows) = Meta::packed(&[40, 0, 61], 0, 0, 0, l);
-    let (rows, k) = (3000, 256);
-    let c = QCase { shape: Mxfp8Shape::contiguous(rows, k), layout: l, meta: Some(meta), scale_rows, offs: (0, 0, 0), kernel };
-    let seed = seed();
-    let x = random_data::<bf16>(&mut Rng::new(seed), rows * k);
-    check_quant(&c, &x, seed).map(|_| ())
+    quant_case::<bf16>(QCase::of_meta(meta, 3000, 256, scale_rows, l).kernel(kernel))
 }
 
 /// quantize → dequantize → quantize → dequantize, each PDL launch consuming its predecessor's
