@@ -56,7 +56,7 @@ enum Form : int { kHf = 0, kFp32 = 1, kGemma = 2 };
 enum Flag : int {
   kFlagVec = 1,     // 16-byte accesses (hidden % V == 0 and alignment checked by the host)
   kFlagSumF32 = 2,  // fused: normalise the fp32 sum v instead of RN_T(v)
-  kFlagPrefetch = 4,  // small vector-path launches: warm L2 with the rows before the PDL wait
+  kFlagPrefetch = 4,  // warm L2 with the rows before the PDL wait (vector path; lib.rs picks the sizes)
 };
 
 struct Params {
@@ -316,8 +316,9 @@ KILN_DEVICE RowSlots row_slots(const Params& p) {
   return RowSlots{static_cast<long long>(blockIdx.x) * p.rows_per_thread, 1, tid};
 }
 
-// kFlagPrefetch (set by the host for small vector-path launches): each row group's first thread
-// warms L2 with its rows of x (and of the residual) before the PDL wait.
+// kFlagPrefetch (set by the host for vector-path launches of the sizes where it measured faster,
+// see prefetch_rows in lib.rs): each row group's first thread warms L2 with its rows of x (and of
+// the residual) before the PDL wait.
 template <typename T, bool kFused, bool kPdl>
 KILN_DEVICE void prefetch_rows(const Params& p) {
   if (!(p.flags & kFlagPrefetch)) return;
