@@ -53,15 +53,21 @@ pub fn run(c: &mut Ctx) -> anyhow::Result<()> {
     let filtered_tokens: &[usize] = if c.quick { &[128, 8192] } else { &[32, 128, 512, 2048, 8192, 16384] };
     for d in [4096usize, 14336] {
         for &t in tokens {
+            let shape = format!("{t}x{}", 2 * d);
+            if ![Activation::Silu, Activation::GeluTanh].iter().any(|a| c.wants(a.op(), &shape)) && !c.wants("silu_and_mul_filtered", &shape) {
+                continue;
+            }
             let bytes = t * 3 * d * 2;
             let sets = sets_for(bytes);
             let (inputs, mut outputs) = buffers(c, sets, t * 2 * d, t * d)?;
-            let shape = format!("{t}x{}", 2 * d);
             for act in [Activation::Silu, Activation::GeluTanh] {
+                if !c.wants(act.op(), &shape) {
+                    continue;
+                }
                 let us = c.time(sets, |i| act_and_mul(&rt, act, &inputs[i], &mut outputs[i], Shape::contiguous(t, d)))?;
                 c.record(act.op(), &shape, us, bytes as f64, None)?;
             }
-            if !filtered_tokens.contains(&t) {
+            if !filtered_tokens.contains(&t) || !c.wants("silu_and_mul_filtered", &shape) {
                 continue;
             }
             for (tag, ratio) in [("skip0", 0.0), ("skip50", 0.5), ("skip90", 0.9)] {

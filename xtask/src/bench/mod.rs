@@ -35,6 +35,9 @@ pub struct Ctx {
     pub quick: bool,
     /// KILN_BENCH_EAGER=1: one plain launch per shape, no timing (for profilers).
     pub eager: bool,
+    /// KILN_BENCH_ONLY=a,b: time only the rows whose `"{op} {shape}"` contains one of these
+    /// substrings (for A/B runs on the device); unset: every row.
+    only: Vec<String>,
     out: Option<std::fs::File>,
 }
 
@@ -52,7 +55,19 @@ impl Ctx {
         unsafe { rt.context().disable_event_tracking() };
         let out = out.map(std::fs::File::create).transpose().context("creating the output file")?;
         let eager = std::env::var_os("KILN_BENCH_EAGER").is_some_and(|v| v == "1");
-        Ok(Ctx { rt, quick, out, eager })
+        let only = std::env::var("KILN_BENCH_ONLY")
+            .unwrap_or_default()
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        Ok(Ctx { rt, quick, out, eager, only })
+    }
+
+    /// Whether the row `op` / `shape` is to be timed (see `KILN_BENCH_ONLY`).
+    pub fn wants(&self, op: &str, shape: &str) -> bool {
+        let row = format!("{op} {shape}");
+        self.only.is_empty() || self.only.iter().any(|s| row.contains(s.as_str()))
     }
 
     /// Median µs per call of `f(i)` over `sets` input sets, timed as triton's `do_bench_cudagraph`
@@ -178,6 +193,9 @@ pub fn copy(c: &mut Ctx) -> anyhow::Result<()> {
         if c.quick { &[(total, "1GiB")] } else { &[(64 << 20, "64MiB"), (128 << 20, "128MiB"), (256 << 20, "256MiB"), (total, "1GiB")] };
     let (s0, d0) = (device_ptr(&c.rt, &src), device_ptr(&c.rt, &dst));
     for &(bytes, name) in sizes {
+        if !c.wants("copy", name) {
+            continue;
+        }
         let sets = total / bytes;
         let us = c.time(sets, |i| {
             let off = (i * bytes) as u64;

@@ -67,6 +67,9 @@ pub fn run(c: &mut Ctx) -> anyhow::Result<()> {
         &[(128, 7168, 8), (4096, 7168, 32), (16384, 7168, 32), (32768, 2048, 64)]
     };
     for &(rows, k, experts) in shapes {
+        if !c.wants("quantize_mxfp8_grouped", &format!("{rows}x{k}/e{experts}")) {
+            continue;
+        }
         let tokens = split(rows, experts);
         let (scale_offsets, scale_rows) = layout::blockscale_offsets(&tokens, l);
         let offsets = stream.clone_htod(&layout::expert_offsets(&tokens))?;

@@ -44,6 +44,9 @@ pub fn run(c: &mut Ctx) -> anyhow::Result<()> {
     for h in [128usize, 4096, 8192] {
         let extra: &[usize] = if h == 128 { &[65536] } else { &[] };
         for &t in toks.iter().chain(extra) {
+            if !c.wants("rmsnorm_hf", &format!("{t}x{h}")) {
+                continue;
+            }
             let Hf { bytes, sets, xs, mut outs, w, shape } = Hf::new(c, t, h)?;
             let rt = c.rt.clone();
             let us = c.time(sets, |i| kiln_rmsnorm::rms_norm_hf(&rt, &xs[i], &w, &mut outs[i], shape, 1e-6))?;
@@ -56,6 +59,9 @@ pub fn run(c: &mut Ctx) -> anyhow::Result<()> {
     // automatic choice in ops-rmsnorm/src/plan.rs.
     if !c.quick {
         for (t, h) in [(65536usize, 128usize), (16384, 128), (8192, 8192), (8192, 4096), (1, 4096), (1, 8192)] {
+            if !c.wants("rmsnorm_hf.sweep", &format!("{t}x{h}/")) {
+                continue;
+            }
             let Hf { bytes, sets, xs, mut outs, w, shape } = Hf::new(c, t, h)?;
             let rt = c.rt.clone();
             for v in kiln_rmsnorm::variants(h / 8, false).into_iter().filter(|v| !v.scalar && v.chunks_per_thread != 0) {
@@ -69,6 +75,9 @@ pub fn run(c: &mut Ctx) -> anyhow::Result<()> {
     let shapes: &[(usize, usize)] =
         if c.quick { &[(1, 4096), (2048, 4096)] } else { &[(1, 4096), (128, 4096), (2048, 4096), (16384, 4096), (16384, 8192)] };
     for &(t, h) in shapes {
+        if !c.wants("rms_norm", &format!("{t}x{h}")) && !c.wants("fused_add_rms_norm", &format!("{t}x{h}")) {
+            continue;
+        }
         let shape = Shape::new(t, h);
         let w = c.rt.stream().clone_htod(&data(h, 3))?;
         let rt = c.rt.clone();

@@ -31,6 +31,10 @@ pub fn run(c: &mut Ctx) -> anyhow::Result<()> {
         let cfg = QkNormRope { heads, eps: 1e-6, rope: Rope::neox(1e6, hd) };
         let (qw, kw) = (stream.clone_htod(&data(hd, 1))?, stream.clone_htod(&data(hd, 2))?);
         for &t in tokens {
+            let name = format!("{t}x(q{nq},k{nk},v{nv})x{hd}");
+            if !c.wants("fused_qknorm_rope", &name) {
+                continue;
+            }
             let bytes = 2 * t * (nq + nk) * hd * 2 + t * 4;
             let sets = sets_for(bytes);
             let mut qkvs: Vec<CudaSlice<bf16>> =
@@ -40,7 +44,7 @@ pub fn run(c: &mut Ctx) -> anyhow::Result<()> {
             let rows = Rows::contiguous(t, width);
             let rt = c.rt.clone();
             let us = c.time(sets, |i| fused_qk_norm_rope(&rt, &mut qkvs[i], rows, &qw, &kw, &positions, &cfg))?;
-            c.record("fused_qknorm_rope", &format!("{t}x(q{nq},k{nk},v{nv})x{hd}"), us, bytes as f64, None)?;
+            c.record("fused_qknorm_rope", &name, us, bytes as f64, None)?;
         }
     }
     Ok(())
