@@ -58,6 +58,10 @@ KILN_DEVICE void bulk_load(u32 dst, const void* src, u32 bytes, u32 bar) {
                "r"(bytes), "r"(bar)
                : "memory");
 }
+// 2-D TMA prefetch of a box into L2 (no shared memory, no completion).
+KILN_DEVICE void tma_prefetch_2d(const void* tmap, int c0, int c1) {
+  asm volatile("cp.async.bulk.prefetch.tensor.2d.L2.global.tile [%0, {%1, %2}];\n" ::"l"(tmap), "r"(c0), "r"(c1) : "memory");
+}
 KILN_DEVICE void prefetch_tmap(const void* tmap) {
   asm volatile("prefetch.tensormap [%0];\n" ::"l"(tmap) : "memory");
 }
