@@ -16,8 +16,10 @@ const STREAM_LEVELS: u32 = 28;
 const MAX_THREADS_K1: usize = 256;
 const MAX_THREADS: usize = 512;
 
-/// Threads per CTA targeted when several rows share a CTA (measured on the H100, hidden 128:
-/// 128 beats 256 from 32 to 8192 rows, e.g. 128 rows 1.14 vs 1.51 µs, and ties beyond).
+/// Threads per CTA when several rows share a CTA (measured on the H100, hidden 128: 128 beats
+/// 256 from 32 to 8192 rows, e.g. 128 rows 1.14 vs 1.51 µs, and ties beyond). Also for fewer rows
+/// than the CTA has room for: a 1×128 launch in a 32-thread CTA took 1.45 µs, in a 128-thread one
+/// (seven idle row groups) 1.23 µs (S5-1).
 const ROWS_CTA_THREADS: usize = 128;
 
 /// Several rows per thread (kernels of two or more chunks per thread only) once a
@@ -279,9 +281,10 @@ pub(crate) fn plan(r: &Request) -> Result<Option<Plan>> {
     let (kind, block, grid, iters_log2, rows_per_thread) = match var.chunks_per_thread {
         0 => (Kind::Stream, g, rows, log2((cp / g).max(1)), 1),
         k => {
-            // Rows handled by one CTA per row held by a thread.
+            // Rows handled by one CTA per row held by a thread (G ≤ 32: ROWS_CTA_THREADS / G
+            // row groups even when there are fewer rows).
             let (block, rows_per_slot) = if var.log2_group <= 5 {
-                let per_cta = (ROWS_CTA_THREADS >> var.log2_group).min(rows.next_power_of_two());
+                let per_cta = ROWS_CTA_THREADS >> var.log2_group;
                 let block = (per_cta << var.log2_group).max(32);
                 (block, block >> var.log2_group)
             } else {
@@ -414,9 +417,9 @@ mod tests {
         assert_eq!((a.kind, a.block, a.grid, a.rows_per_thread), (Kind::Rows2, 256, 2048, 1));
         let a = p(8192, 4096);
         assert_eq!((a.kind, a.block, a.grid, a.rows_per_thread), (Kind::Rows2x2, 256, 4096, 2));
-        // One row of 128: a single warp (two rows' worth of lanes).
+        // One row of 128: a whole 128-thread CTA all the same (eight rows' worth of lanes).
         let a = p(1, 128);
-        assert_eq!((a.block, a.grid), (32, 1));
+        assert_eq!((a.block, a.grid), (128, 1));
         // 512 / 1024: a warp per row, 2 / 4 chunks a lane, 4 rows per CTA.
         let a = p(1000, 1024);
         assert_eq!((a.kind, a.log2_group, a.block, a.grid), (Kind::Rows4, 5, 128, 250));
