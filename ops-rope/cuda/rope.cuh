@@ -9,12 +9,15 @@
 //                  division is a multiplication by 1/head_dim when that is exact)
 //                  e_i = RN(RN(x_i · r) · w_i)                           (w widened to f32)
 //   no norm:       e_i = x_i
-//   angle of pair p < rotary_dim/2, once per token, in fp64:
-//                  θ = RN(pos · f_p) with f_p = base^(−2p/rotary_dim) (YaRN-blended) from the host;
-//                  n = rint(θ · 2/π), ρ = θ − n·π/2 (three-part Cody–Waite, FMA), |ρ| ≲ π/4;
-//                  sin ρ, cos ρ by Taylor polynomials to degree 15/16 (error < 1e-16), placed by
-//                  n mod 4; c = RN_f32(cos θ), s = RN_f32(sin θ). Every step is an IEEE-rounded fp64
-//                  operation, so the CPU reference reproduces c and s bit for bit.
+//   angle of pair p < rotary_dim/2, once per token, in fixed point and f32:
+//                  the host gives τ_p = frac(f_p / 2π) · 2^64 (u64) for f_p = base^(−2p/rotary_dim)
+//                  (YaRN-blended); a = top 32 bits of (pos · τ_p mod 2^64) is θ = pos · f_p in
+//                  2^-32 turns, reduced modulo a turn exactly (integer wrap-around, any position);
+//                  q = nearest quarter turn, ρ = RN(f32(a − q·2^30) · 2π/2^32), |ρ| ≤ π/4;
+//                  sin ρ, cos ρ by Taylor polynomials to degree 9/10 in f32 (Horner, FMA),
+//                  placed by q: c ≈ cos θ, s ≈ sin θ within ~1e-7 at any position. Integer and
+//                  IEEE f32 operations only, so the CPU reference reproduces c and s bit for bit
+//                  (the fp64 version this replaced cost 2-3 % at 1-32 and 8192+ tokens).
 //   rotation of the pair (a, b) — NeoX: a = element d < rotary_dim/2, b = element d + rotary_dim/2,
 //   p = d; interleaved (GPT-J): a = element 2p, b = element 2p + 1:
 //                  a' = RN(RN(fma(e_a, c, −RN(e_b · s))) · attention_factor)
@@ -39,7 +42,7 @@
 // Each head lane issues its two loads (and the head threads stage the q/k weights in shared memory
 // as f32), then computes its head's 1/rms; meanwhile the table warps (after the head warps; one
 // thread per pair for few tokens, one per two pairs for many) fill a shared (cos, sin) table for
-// the token, so the fp64 table and the reduction overlap. After the one barrier every head lane
+// the token, so the table and the reduction overlap. After the one barrier every head lane
 // scales, rotates and stores its chunks. kPrefetch (the host's choice for small PDL vector
 // launches): before the PDL wait each head's first lane issues an L2 prefetch of its head and the
 // first table thread one of the token's position. Launch bounds of 3 CTAs × 512 threads (≤ 40 registers, no spills): measured
@@ -89,63 +92,44 @@ struct Params {
   float eps;
   float attention_factor;
   float inv_head_dim;     // 1/head_dim when head_dim is a power of two (exact), else 0
-  double freq[kMaxPairs];  // f_p for p < rotary_dim / 2
+  unsigned long long turns[kMaxPairs];  // f_p / 2π as a 0.64 fixed-point fraction, p < rotary_dim / 2
 };
 
-// (cos θ, sin θ) rounded to f32 for θ = RN(pos · f); see the header comment.
-KILN_DEVICE float2 cos_sin(double pos, double f) {
-  // π/2 = kPio2Hi + kPio2Mid + kPio2Lo (each the nearest double to what remains); 2/π rounded.
-  constexpr double kTwoOverPi = 0.6366197723675814;
-  constexpr double kPio2Hi = 1.5707963267948966;
-  constexpr double kPio2Mid = 6.123233995736766e-17;
-  constexpr double kPio2Lo = -1.4973849048591698e-33;
-  // Taylor coefficients kS<k> = (−1)^k / (2k+1)!, kC<k> = (−1)^k / (2k)!, rounded.
-  constexpr double kS1 = -0.16666666666666666;
-  constexpr double kS2 = 0.008333333333333333;
-  constexpr double kS3 = -0.0001984126984126984;
-  constexpr double kS4 = 2.7557319223985893e-06;
-  constexpr double kS5 = -2.505210838544172e-08;
-  constexpr double kS6 = 1.6059043836821613e-10;
-  constexpr double kS7 = -7.647163731819816e-13;
-  constexpr double kC1 = -0.5;
-  constexpr double kC2 = 0.041666666666666664;
-  constexpr double kC3 = -0.001388888888888889;
-  constexpr double kC4 = 2.48015873015873e-05;
-  constexpr double kC5 = -2.755731922398589e-07;
-  constexpr double kC6 = 2.08767569878681e-09;
-  constexpr double kC7 = -1.1470745597729725e-11;
-  constexpr double kC8 = 4.779477332387385e-14;
+// (cos θ, sin θ) for θ = 2π · frac(pos · turns / 2^64); see the header comment.
+KILN_DEVICE float2 cos_sin(unsigned long long pos, unsigned long long turns) {
+  // 2π / 2^32, rounded to f32.
+  constexpr float kTwoPiOver2p32 = 1.46291812e-09f;
+  // Taylor coefficients kS<k> = (−1)^k / (2k+1)!, kC<k> = (−1)^k / (2k)!, rounded to f32.
+  constexpr float kS1 = -0.166666672f;
+  constexpr float kS2 = 0.00833333377f;
+  constexpr float kS3 = -0.000198412701f;
+  constexpr float kS4 = 2.75573188e-06f;
+  constexpr float kC1 = -0.5f;
+  constexpr float kC2 = 0.0416666679f;
+  constexpr float kC3 = -0.00138888892f;
+  constexpr float kC4 = 2.48015876e-05f;
+  constexpr float kC5 = -2.755732e-07f;
 
-  const double theta = __dmul_rn(pos, f);
-  const double n = rint(__dmul_rn(theta, kTwoOverPi));
-  double r = __fma_rn(-n, kPio2Hi, theta);
-  r = __fma_rn(-n, kPio2Mid, r);
-  r = __fma_rn(-n, kPio2Lo, r);
-  const double z = __dmul_rn(r, r);
-  // Horner from the highest coefficient down.
-  double ps = __fma_rn(kS7, z, kS6);
-  ps = __fma_rn(ps, z, kS5);
-  ps = __fma_rn(ps, z, kS4);
-  ps = __fma_rn(ps, z, kS3);
-  ps = __fma_rn(ps, z, kS2);
-  ps = __fma_rn(ps, z, kS1);
-  double pc = __fma_rn(kC8, z, kC7);
-  pc = __fma_rn(pc, z, kC6);
-  pc = __fma_rn(pc, z, kC5);
-  pc = __fma_rn(pc, z, kC4);
-  pc = __fma_rn(pc, z, kC3);
-  pc = __fma_rn(pc, z, kC2);
-  pc = __fma_rn(pc, z, kC1);
-  const double sr = __fma_rn(__dmul_rn(r, z), ps, r);
-  const double cr = __fma_rn(z, pc, 1.0);
-  double c, s;
-  switch (static_cast<long long>(n) & 3) {
-    case 0: c = cr; s = sr; break;
-    case 1: c = -sr; s = cr; break;
-    case 2: c = -cr; s = -sr; break;
-    default: c = sr; s = -cr; break;
+  const unsigned a = static_cast<unsigned>((pos * turns) >> 32);  // the angle in 2^-32 turns, mod 1
+  const unsigned q = (a + (1u << 29)) >> 30;                        // nearest quarter turn, mod 4
+  const int r = static_cast<int>(a - (q << 30));                    // the rest, in [−2^29, 2^29)
+  const float rho = __fmul_rn(__int2float_rn(r), kTwoPiOver2p32);  // |ρ| ≤ π/4
+  const float z = __fmul_rn(rho, rho);
+  float ps = __fmaf_rn(kS4, z, kS3);
+  ps = __fmaf_rn(ps, z, kS2);
+  ps = __fmaf_rn(ps, z, kS1);
+  float pc = __fmaf_rn(kC5, z, kC4);
+  pc = __fmaf_rn(pc, z, kC3);
+  pc = __fmaf_rn(pc, z, kC2);
+  pc = __fmaf_rn(pc, z, kC1);
+  const float sr = __fmaf_rn(__fmul_rn(rho, z), ps, rho);
+  const float cr = __fmaf_rn(z, pc, 1.0f);
+  switch (q) {
+    case 0: return make_float2(cr, sr);
+    case 1: return make_float2(-sr, cr);
+    case 2: return make_float2(-cr, -sr);
+    default: return make_float2(sr, -cr);
   }
-  return make_float2(__double2float_rn(c), __double2float_rn(s));
 }
 
 // Sum over the `lanes` consecutive lanes of a group (lanes a power of two ≤ 16). Every lane of the
@@ -396,7 +380,7 @@ __global__ void __launch_bounds__(kiln_rope::kMaxThreads, 3) rope_kernel(const _
     const long long pos = (p.flags & kPosI64) ? static_cast<const long long*>(p.positions)[token]
                                               : static_cast<long long>(static_cast<const int*>(p.positions)[token]);
 #pragma unroll 1
-    for (int i = tid - head_threads; i < pairs; i += n_table) table[i] = cos_sin(static_cast<double>(pos), p.freq[i]);
+    for (int i = tid - head_threads; i < pairs; i += n_table) table[i] = cos_sin(static_cast<unsigned long long>(pos), p.turns[i]);
     kiln::pdl_launch_dependents<kPdl>();
   } else {
     Chunk raw0 = {}, raw1 = {};

@@ -31,7 +31,7 @@ pub(crate) struct Params {
     pub eps: f32,
     pub attention_factor: f32,
     pub inv_head_dim: f32,
-    pub freq: [f64; MAX_PAIRS],
+    pub turns: [u64; MAX_PAIRS],
 }
 
 const _: () = assert!(size_of::<Params>() == 1120);

@@ -17,10 +17,12 @@
 //! **Numerics.** Everything happens in f32 from load to store, with one rounding to the storage
 //! type at the end: `x · r · w` with `r = 1/sqrt(mean(x²) + eps)` (IEEE square root and division),
 //! then the rotation `(a·c − b·s, b·c + a·s)·attention_factor`. Angles stay exact at long context:
-//! the host computes the pair frequencies `base^(−2p/rotary_dim)` (YaRN-blended) in f64, and the
-//! kernel forms `θ = pos·f` in f64, reduces it by π/2 in f64 and evaluates sin/cos with f64
-//! polynomials before rounding `cos θ`, `sin θ` to f32, once per token and pair. Every operation
-//! is IEEE-rounded, so [`reference`](mod@reference) reproduces the kernel bit for bit. Against
+//! the host computes the pair frequencies `base^(−2p/rotary_dim)` (YaRN-blended) in f64 and
+//! passes each as a 64-bit fixed-point fraction of a turn; the kernel multiplies it by the
+//! integer position, so `θ = pos·f` is reduced modulo 2π exactly by integer wrap-around at any
+//! position, and evaluates sin/cos of the remaining ≤ 1/8 turn with f32 polynomials (within
+//! ~1e-7), once per token and pair. Every operation is an integer or IEEE-rounded f32 one, so
+//! [`reference`](mod@reference) reproduces the kernel bit for bit. Against
 //! exact f64 math, outputs are within 2 units in the last place of bf16/f16 at positions up to
 //! 2^20 (tested); an output that cancels to below 2^-10 of its head's largest value is within
 //! 2^-17 of that value instead.

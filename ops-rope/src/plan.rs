@@ -7,6 +7,7 @@ use kiln_runtime::{Result, ensure};
 
 use crate::config::{Rope, RopeStyle, Rows};
 use crate::ffi::{self, Params};
+use crate::reference;
 
 /// Largest head_dim: 16 lanes of two 8-element chunks.
 pub(crate) const MAX_HEAD_DIM: usize = 256;
@@ -115,23 +116,24 @@ pub(crate) fn table_threads(pairs: usize, tokens: usize) -> usize {
 }
 
 thread_local! {
-    /// The last configuration's frequencies: a launch computes them once per distinct `Rope`.
-    static FREQ: RefCell<Option<(Rope, [f64; ffi::MAX_PAIRS])>> = const { RefCell::new(None) };
+    /// The last configuration's angle steps: a launch computes them once per distinct `Rope`.
+    static TURNS: RefCell<Option<(Rope, [u64; ffi::MAX_PAIRS])>> = const { RefCell::new(None) };
 }
 
-/// `rope.inv_frequencies()` into a fixed array (memoised per thread for the last `rope`).
-fn frequencies(rope: &Rope) -> [f64; ffi::MAX_PAIRS] {
-    FREQ.with(|c| {
+/// The kernel's per-pair angle steps, [`reference::turns_of`] of `rope.inv_frequencies()`, in a
+/// fixed array (zeros past the rotary pairs; memoised per thread for the last `rope`).
+fn turns(rope: &Rope) -> [u64; ffi::MAX_PAIRS] {
+    TURNS.with(|c| {
         let mut c = c.borrow_mut();
         match &*c {
-            Some((r, f)) if r == rope => *f,
+            Some((r, t)) if r == rope => *t,
             _ => {
-                let mut f = [0.0; ffi::MAX_PAIRS];
-                for (p, v) in f.iter_mut().enumerate().take(rope.rotary_dim / 2) {
-                    *v = rope.frequency(p);
+                let mut t = [0; ffi::MAX_PAIRS];
+                for (p, v) in t.iter_mut().enumerate().take(rope.rotary_dim / 2) {
+                    *v = reference::turns_of(rope.frequency(p));
                 }
-                *c = Some((*rope, f));
-                f
+                *c = Some((*rope, t));
+                t
             }
         }
     })
@@ -166,7 +168,7 @@ pub(crate) fn plan(tokens: usize, nq: usize, nk: usize, head_dim: usize, rope: &
         eps,
         attention_factor: rope.attention_factor(),
         inv_head_dim: if head_dim.is_power_of_two() { 1.0 / head_dim as f32 } else { 0.0 },
-        freq: frequencies(rope),
+        turns: turns(rope),
     };
     Some(Plan { grid, block, params })
 }
@@ -218,12 +220,15 @@ mod tests {
     }
 
     #[test]
-    fn frequencies_are_memoised_per_rope() {
+    fn turns_are_memoised_per_rope() {
         let a = Rope::neox(10000.0, 64);
         let b = Rope::neox(500000.0, 64);
-        assert_eq!(frequencies(&a)[..32], a.inv_frequencies()[..]);
-        assert_eq!(frequencies(&b)[..32], b.inv_frequencies()[..]);
-        assert_eq!(frequencies(&a)[..32], a.inv_frequencies()[..]);
-        assert!(frequencies(&a)[32..].iter().all(|&f| f == 0.0));
+        let of = |r: &Rope| r.inv_frequencies().into_iter().map(reference::turns_of).collect::<Vec<_>>();
+        assert_eq!(turns(&a)[..32], of(&a)[..]);
+        assert_eq!(turns(&b)[..32], of(&b)[..]);
+        assert_eq!(turns(&a)[..32], of(&a)[..]);
+        assert!(turns(&a)[32..].iter().all(|&t| t == 0));
+        // f_0 = 1 rad = 1/2π turn.
+        assert_eq!(turns(&a)[0], (18_446_744_073_709_551_616.0 / std::f64::consts::TAU) as u64);
     }
 }

@@ -1,9 +1,9 @@
 //! CPU references.
 //!
 //! - The *model* functions ([`cos_sin`], [`head`], [`fused_qk_norm_rope`], [`apply_rope_rows`])
-//!   perform the kernels' arithmetic operation for operation — the same IEEE-rounded f64 angle
-//!   code, the same f32 operations in the same order (the lane-sum tree included) — so the GPU
-//!   output must match them bit for bit.
+//!   perform the kernels' arithmetic operation for operation — the same fixed-point angle
+//!   reduction and f32 polynomials, the same f32 operations in the same order (the lane-sum tree
+//!   included) — so the GPU output must match them bit for bit.
 //! - The *exact* functions ([`head_f64`], [`fused_qk_norm_rope_f64`], [`apply_rope_rows_f64`]) do
 //!   the same math in f64 with the platform's `sin_cos`, without intermediate rounding: the
 //!   yardstick for the op's accuracy (within 2 units in the last place of the storage type).
@@ -12,56 +12,36 @@ use crate::config::{Element, Heads, QkNormRope, Rope, RopeStyle, Rows};
 use crate::plan::LANE_ELEMS;
 
 // The constants of `cos_sin` in cuda/rope.cuh (a T0 test checks that the texts agree).
-const TWO_OVER_PI: f64 = std::f64::consts::FRAC_2_PI;
-const PIO2_HI: f64 = std::f64::consts::FRAC_PI_2;
-const PIO2_MID: f64 = 6.123233995736766e-17;
-const PIO2_LO: f64 = -1.4973849048591698e-33;
-const SIN: [f64; 7] = [
-    -0.16666666666666666,
-    0.008333333333333333,
-    -0.0001984126984126984,
-    2.7557319223985893e-06,
-    -2.505210838544172e-08,
-    1.6059043836821613e-10,
-    -7.647163731819816e-13,
-];
-const COS: [f64; 8] = [
-    -0.5,
-    0.041666666666666664,
-    -0.001388888888888889,
-    2.48015873015873e-05,
-    -2.755731922398589e-07,
-    2.08767569878681e-09,
-    -1.1470745597729725e-11,
-    4.779477332387385e-14,
-];
+const TWO_PI_OVER_2P32: f32 = 1.462_918_1e-9;
+const SIN: [f32; 4] = [-0.166_666_67, 0.008_333_334, -0.000_198_412_7, 2.755_731_9e-6];
+const COS: [f32; 5] = [-0.5, 0.041_666_668, -0.001_388_888_9, 2.480_158_8e-5, -2.755_732e-7];
 
-/// `(cos θ, sin θ)` rounded to f32 for `θ = RN(pos · f)`, exactly as the kernel computes them:
-/// reduction by π/2 in three FMA steps, Taylor polynomials in f64 (Horner, FMA), quadrant select.
-pub fn cos_sin(pos: f64, f: f64) -> (f32, f32) {
-    let (c, s) = cos_sin_f64(pos, f);
-    (c as f32, s as f32)
+/// `f / 2π` as the kernel's 0.64 fixed-point fraction of a turn (the integer part dropped):
+/// `pos · turns_of(f)` modulo 2^64 is then the angle `pos · f` in 2^-64 turns, exactly reduced.
+pub fn turns_of(f: f64) -> u64 {
+    let t = f / std::f64::consts::TAU;
+    ((t - t.floor()) * 18_446_744_073_709_551_616.0) as u64
 }
 
-/// The f64 values [`cos_sin`] rounds.
-pub fn cos_sin_f64(pos: f64, f: f64) -> (f64, f64) {
-    let theta = pos * f;
-    let n = (theta * TWO_OVER_PI).round_ties_even();
-    let mut r = (-n).mul_add(PIO2_HI, theta);
-    r = (-n).mul_add(PIO2_MID, r);
-    r = (-n).mul_add(PIO2_LO, r);
-    let z = r * r;
-    let mut ps = SIN[6];
-    for &c in SIN[..6].iter().rev() {
-        ps = ps.mul_add(z, c);
-    }
-    let mut pc = COS[7];
-    for &c in COS[..7].iter().rev() {
+/// `(cos θ, sin θ)` for `θ = 2π · frac(pos · turns / 2^64)`, exactly as the kernel computes them:
+/// the top 32 bits of the wrapped product, split into the nearest quarter turn and a rest of at
+/// most 1/8 turn, Taylor polynomials in f32 (Horner, FMA) on the rest, quadrant select.
+pub fn cos_sin(pos: i64, turns: u64) -> (f32, f32) {
+    let a = ((pos as u64).wrapping_mul(turns) >> 32) as u32;
+    let q = a.wrapping_add(1 << 29) >> 30;
+    let r = a.wrapping_sub(q << 30) as i32;
+    let rho = r as f32 * TWO_PI_OVER_2P32;
+    let z = rho * rho;
+    let mut ps = SIN[3].mul_add(z, SIN[2]);
+    ps = ps.mul_add(z, SIN[1]);
+    ps = ps.mul_add(z, SIN[0]);
+    let mut pc = COS[4].mul_add(z, COS[3]);
+    for &c in COS[..3].iter().rev() {
         pc = pc.mul_add(z, c);
     }
-    let sr = (r * z).mul_add(ps, r);
+    let sr = (rho * z).mul_add(ps, rho);
     let cr = z.mul_add(pc, 1.0);
-    match (n as i64) & 3 {
+    match q & 3 {
         0 => (cr, sr),
         1 => (-sr, cr),
         2 => (-cr, -sr),
@@ -71,7 +51,7 @@ pub fn cos_sin_f64(pos: f64, f: f64) -> (f64, f64) {
 
 /// The kernel's (cos, sin) table of one token.
 pub fn cos_sin_table(pos: i64, freqs: &[f64]) -> Vec<(f32, f32)> {
-    freqs.iter().map(|&f| cos_sin(pos as f64, f)).collect()
+    freqs.iter().map(|&f| cos_sin(pos, turns_of(f))).collect()
 }
 
 /// The kernel's lane layout of one head: for each of its pow2ceil(head_dim/16) lanes, the

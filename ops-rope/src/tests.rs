@@ -103,7 +103,7 @@ fn nothing_to_do_plans_no_launch() {
     assert!(plan::plan(3, 0, 0, 64, &r, 1e-6).is_none());
     let p = plan::plan(3, 4, 2, 64, &r, 1e-6).unwrap();
     assert_eq!((p.params.nq, p.params.nk, p.params.head_dim, p.params.rotary_dim), (4, 2, 64, 64));
-    assert_eq!(p.params.freq[..32], r.inv_frequencies()[..]);
+    assert_eq!(p.params.turns[..32], r.inv_frequencies().into_iter().map(crate::reference::turns_of).collect::<Vec<_>>()[..]);
     assert_eq!(p.params.flags, 0);
     assert_eq!(plan::plan(3, 4, 2, 64, &Rope::interleaved(1e4, 64), 1e-6).unwrap().params.flags, ffi::INTERLEAVED);
 }
