@@ -177,7 +177,8 @@ struct CopyParams {
     n: i64,
 }
 
-/// Device-to-device copies of 64 MiB to 1 GiB, with a vector-copy kernel (what `torch.copy_` does
+/// Device-to-device copies of 32 MiB to 1 GiB (a 32 MiB copy moves 64 MiB, like an op reading 32
+/// MiB and writing 32 MiB), with a vector-copy kernel (what `torch.copy_` does
 /// too) and with cuMemcpyDtoDAsync: the bandwidth ceilings the ops are compared with.
 pub fn copy(c: &mut Ctx) -> anyhow::Result<()> {
     let total = 1usize << 30;
@@ -190,7 +191,7 @@ pub fn copy(c: &mut Ctx) -> anyhow::Result<()> {
     // Each size reads `bytes` and writes `bytes`, rotating through the 1 GiB buffers so that
     // nothing is served from L2: the ceiling for the ops of the same size.
     let sizes: &[(usize, &str)] =
-        if c.quick { &[(total, "1GiB")] } else { &[(64 << 20, "64MiB"), (128 << 20, "128MiB"), (256 << 20, "256MiB"), (total, "1GiB")] };
+        if c.quick { &[(total, "1GiB")] } else { &[(32 << 20, "32MiB"), (64 << 20, "64MiB"), (128 << 20, "128MiB"), (256 << 20, "256MiB"), (total, "1GiB")] };
     let (s0, d0) = (device_ptr(&c.rt, &src), device_ptr(&c.rt, &dst));
     for &(bytes, name) in sizes {
         if !c.wants("copy", name) {
