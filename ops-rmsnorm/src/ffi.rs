@@ -26,9 +26,10 @@ pub(crate) struct Params {
     pub form: i32,
     pub flags: i32,
     pub rows_per_thread: i32,
+    pub inv_hidden: f32,
 }
 
-pub(crate) const PARAMS_BYTES: usize = 96;
+pub(crate) const PARAMS_BYTES: usize = 104;
 const _: () = assert!(size_of::<Params>() == PARAMS_BYTES);
 
 /// Launches `kernel` (an instantiation of `rmsnorm_rows` / `rmsnorm_rows_stream` for the

@@ -306,6 +306,7 @@ fn params(req: &Request, plan: &Plan, x: u64, out: u64, residual: u64, weight: u
         },
         flags,
         rows_per_thread: plan.rows_per_thread as i32,
+        inv_hidden: if s.hidden.is_power_of_two() { 1.0 / s.hidden as f32 } else { 0.0 },
     }
 }
 
@@ -553,6 +554,6 @@ mod tests {
         let s = &specs[spec_index(0, Kind::Stream, true, false)];
         assert_eq!((s.name(), s.expr()), ("rmsnorm__f16__fused_stream", "rmsnorm::rmsnorm_rows_stream<__half, __half, true, false>"));
         assert_eq!(pair_index(DtypeId::F32, DtypeId::F32), 4);
-        assert!(params_bytes(&specs[0]) == Some(96));
+        assert!(params_bytes(&specs[0]) == Some(104));
     }
 }
