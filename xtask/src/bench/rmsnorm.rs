@@ -54,6 +54,22 @@ pub fn run(c: &mut Ctx) -> anyhow::Result<()> {
         }
     }
 
+    // Latency-bound launches of other sizes (op `rmsnorm_hf.small`): the data behind the launch
+    // rules for few rows (CTA size, PDL trigger).
+    if !c.quick {
+        for h in [64usize, 128, 256, 512, 1024, 2048, 4096, 8192] {
+            for t in [1usize, 2, 4, 8] {
+                if !c.wants("rmsnorm_hf.small", &format!("{t}x{h}")) {
+                    continue;
+                }
+                let Hf { bytes, sets, xs, mut outs, w, shape } = Hf::new(c, t, h)?;
+                let rt = c.rt.clone();
+                let us = c.time(sets, |i| kiln_rmsnorm::rms_norm_hf(&rt, &xs[i], &w, &mut outs[i], shape, 1e-6))?;
+                c.record("rmsnorm_hf.small", &format!("{t}x{h}"), us, bytes as f64, None)?;
+            }
+        }
+    }
+
     // Every vectorised launch shape at the sizes where the peers come closest (op
     // `rmsnorm_hf.sweep`, shape `{t}x{h}/g{log2 group}k{chunks}r{rows}`): the data behind the
     // automatic choice in ops-rmsnorm/src/plan.rs.
