@@ -40,7 +40,9 @@
 // in the thread, then a butterfly over the warps' partials (shared memory, one barrier).
 // PDL: griddepcontrol.wait before any global access (with flag kFlagPrefetch the register kernels
 // first issue an L2 prefetch of their rows, which moves nothing into the kernel's view);
-// launch_dependents once the row is loaded (after the first pass in the two-pass kernel).
+// launch_dependents once the row is loaded (after the first pass in the two-pass kernel), or after
+// the stores with kFlagLateTrigger (a lone CTA with idle row groups, whose idle threads would
+// otherwise release the dependents right after the wait: see late_trigger in lib.rs).
 #include <kiln/common.cuh>
 #include <kiln/vec.cuh>
 #include <kiln/convert.cuh>
@@ -57,6 +59,7 @@ enum Flag : int {
   kFlagVec = 1,     // 16-byte accesses (hidden % V == 0 and alignment checked by the host)
   kFlagSumF32 = 2,  // fused: normalise the fp32 sum v instead of RN_T(v)
   kFlagPrefetch = 4,  // warm L2 with the rows before the PDL wait (vector path; lib.rs picks the sizes)
+  kFlagLateTrigger = 8,  // release PDL dependents after the stores, not once the loads are issued
 };
 
 struct Params {
@@ -74,7 +77,7 @@ struct Params {
   int iters_log2;        // rmsnorm_rows_stream: 2^iters_log2 chunk slots per thread
   float eps;
   int form;              // kHf, kFp32, kGemma
-  int flags;             // kFlagVec | kFlagSumF32 | kFlagPrefetch
+  int flags;             // kFlagVec | kFlagSumF32 | kFlagPrefetch | kFlagLateTrigger
   int rows_per_thread;   // rmsnorm_rows: rows each thread handles (1 ≤ R ≤ kRows)
   float inv_hidden;      // 1 / hidden when hidden is a power of two (exact), else 0
 };
@@ -385,7 +388,7 @@ KILN_DEVICE void rows_body(const Params& p, float (*part)[32]) {
       }
     }
   }
-  kiln::pdl_launch_dependents<kPdl>();
+  if (!(p.flags & kFlagLateTrigger)) kiln::pdl_launch_dependents<kPdl>();
 
   float rstd[kR];
 #pragma unroll
@@ -430,6 +433,7 @@ KILN_DEVICE void rows_body(const Params& p, float (*part)[32]) {
       }
     }
   }
+  if (p.flags & kFlagLateTrigger) kiln::pdl_launch_dependents<kPdl>();
 }
 
 // Launch bounds: at most 256 threads for K = 1 (the several-rows-per-CTA shapes), 512 otherwise.
