@@ -41,8 +41,8 @@
 // PDL: griddepcontrol.wait before any global access (with flag kFlagPrefetch the register kernels
 // first issue an L2 prefetch of their rows, which moves nothing into the kernel's view);
 // launch_dependents once the row is loaded (after the first pass in the two-pass kernel), or after
-// the stores with kFlagLateTrigger (a lone CTA with idle row groups, whose idle threads would
-// otherwise release the dependents right after the wait: see late_trigger in lib.rs).
+// the stores in the kLate instantiation (a lone CTA with idle row groups, whose idle threads would
+// otherwise release the dependents right after the wait: see late_trigger in plan.rs).
 #include <kiln/common.cuh>
 #include <kiln/vec.cuh>
 #include <kiln/convert.cuh>
@@ -59,7 +59,6 @@ enum Flag : int {
   kFlagVec = 1,     // 16-byte accesses (hidden % V == 0 and alignment checked by the host)
   kFlagSumF32 = 2,  // fused: normalise the fp32 sum v instead of RN_T(v)
   kFlagPrefetch = 4,  // warm L2 with the rows before the PDL wait (vector path; lib.rs picks the sizes)
-  kFlagLateTrigger = 8,  // release PDL dependents after the stores, not once the loads are issued
 };
 
 struct Params {
@@ -77,7 +76,7 @@ struct Params {
   int iters_log2;        // rmsnorm_rows_stream: 2^iters_log2 chunk slots per thread
   float eps;
   int form;              // kHf, kFp32, kGemma
-  int flags;             // kFlagVec | kFlagSumF32 | kFlagPrefetch | kFlagLateTrigger
+  int flags;             // kFlagVec | kFlagSumF32 | kFlagPrefetch
   int rows_per_thread;   // rmsnorm_rows: rows each thread handles (1 ≤ R ≤ kRows)
   float inv_hidden;      // 1 / hidden when hidden is a power of two (exact), else 0
 };
@@ -340,7 +339,7 @@ KILN_DEVICE void prefetch_rows(const Params& p) {
   }
 }
 
-template <typename T, typename W, int kK, int kRows, bool kPdl, bool kFused, bool kVec>
+template <typename T, typename W, int kK, int kRows, bool kPdl, bool kFused, bool kVec, bool kLate>
 KILN_DEVICE void rows_body(const Params& p, float (*part)[32]) {
   constexpr int V = kiln::kVec16<T>;
   // The element-wise path (a fallback) holds one row per thread: the host sets R = 1 for it.
@@ -388,7 +387,7 @@ KILN_DEVICE void rows_body(const Params& p, float (*part)[32]) {
       }
     }
   }
-  if (!(p.flags & kFlagLateTrigger)) kiln::pdl_launch_dependents<kPdl>();
+  if constexpr (!kLate) kiln::pdl_launch_dependents<kPdl>();
 
   float rstd[kR];
 #pragma unroll
@@ -433,7 +432,7 @@ KILN_DEVICE void rows_body(const Params& p, float (*part)[32]) {
       }
     }
   }
-  if (p.flags & kFlagLateTrigger) kiln::pdl_launch_dependents<kPdl>();
+  if constexpr (kLate) kiln::pdl_launch_dependents<kPdl>();
 }
 
 // Launch bounds: at most 256 threads for K = 1 (the several-rows-per-CTA shapes), 512 otherwise.
@@ -448,18 +447,21 @@ struct Bounds {
 
 // kRows: the most rows a thread holds (1, or 4 / 2 / - for K = 1 / 2 / 4 in the unfused kernels:
 // more loads in flight and one weight load for them all, for large row counts).
-template <typename T, typename W, int kK, int kRows, bool kFused, bool kPdl>
+// kLate: release the PDL dependents after the stores instead of once the rows are loaded (K = 1,
+// one row per thread, unfused only; the host's choice, see late_trigger in plan.rs).
+template <typename T, typename W, int kK, int kRows, bool kFused, bool kPdl, bool kLate = false>
 __global__ void __launch_bounds__(Bounds<T, W, kK, kRows, kFused>::kThreads, Bounds<T, W, kK, kRows, kFused>::kMinBlocks)
     rmsnorm_rows(const Params p) {
   static_assert(kK == 1 || kK == 2 || kK == 4, "K ∈ {1, 2, 4}");
   static_assert(kRows == 1 || (!kFused && kRows * kK <= 4), "rows per thread: 1, or R·K ≤ 4 unfused");
+  static_assert(!kLate || (kK == 1 && kRows == 1 && !kFused), "kLate: the one-chunk, one-row unfused kernel only");
   __shared__ float part[kRows][32];
   prefetch_rows<T, kFused, kPdl>(p);
   kiln::pdl_wait<kPdl>();
   if ((p.flags & kFlagVec) != 0) {
-    rows_body<T, W, kK, kRows, kPdl, kFused, true>(p, part);
+    rows_body<T, W, kK, kRows, kPdl, kFused, true, kLate>(p, part);
   } else {
-    rows_body<T, W, kK, kRows, kPdl, kFused, false>(p, part);
+    rows_body<T, W, kK, kRows, kPdl, kFused, false, kLate>(p, part);
   }
 }
 

@@ -200,8 +200,12 @@ fn make_spec(t: DtypeId, w: DtypeId, kind: Kind, fused: bool, pdl: bool) -> Kern
     let (variant, expr) = match kind.shape() {
         None => ("stream".to_string(), template_expr("rmsnorm::rmsnorm_rows_stream", &[t.into(), w.into(), fused.into(), pdl.into()])),
         Some((k, r)) => {
-            let args = [t.into(), w.into(), TemplateArg::Int(k.into()), TemplateArg::Int(r.into()), fused.into(), pdl.into()];
-            let variant = if r == 1 { format!("k{k}") } else { format!("k{k}x{r}") };
+            let late = kind == Kind::Rows1Late;
+            let mut args = vec![t.into(), w.into(), TemplateArg::Int(k.into()), TemplateArg::Int(r.into()), fused.into(), pdl.into()];
+            if late {
+                args.push(true.into());
+            }
+            let variant = format!("k{k}{}{}", if r == 1 { String::new() } else { format!("x{r}") }, if late { "_late" } else { "" });
             (variant, template_expr("rmsnorm::rmsnorm_rows", &args))
         }
     };
@@ -226,7 +230,7 @@ static SPECS: LazyLock<Vec<KernelSpec>> = LazyLock::new(|| {
 
 /// Every kernel instantiation of this crate: (f16, f16 / f32 weight), (bf16, bf16 / f32 weight),
 /// (f32, f32) × {unfused: rows with 1, 2, 4 chunks a thread, 4 rows × 1 chunk, 2 rows × 2 chunks,
-/// two-pass; fused: the one-row kinds and two-pass} × {PDL, no PDL}.
+/// two-pass, 1 chunk with the late PDL trigger; fused: the one-row kinds and two-pass} × {PDL, no PDL}.
 pub fn kernel_specs() -> Vec<KernelSpec> {
     SPECS.clone()
 }
@@ -280,24 +284,11 @@ fn prefetch_rows(rows: usize, hidden: usize, elem: usize, fused: bool) -> bool {
     input_bytes <= PREFETCH_MAX_BYTES || row_bytes <= PREFETCH_MAX_ROW_BYTES || input_bytes >= PREFETCH_MIN_LARGE_BYTES
 }
 
-/// Whether the launch releases its PDL dependents after its stores (flag `kFlagLateTrigger`)
-/// rather than once its loads are issued: a single CTA of one-chunk row groups with fewer rows
-/// than groups. Its idle groups reach the trigger right after the wait, which releases the
-/// dependents before any row is loaded; measured on the H100 (S5-4, 1–4 rows of hidden 64–256 bf16):
-/// 1.23 µs → 1.03–1.12 with the trigger after the stores, while a full CTA (8×128) goes 1.16 →
-/// 1.31 and one-row CTAs of two or more chunks (1×512: 1.27 → 1.62, 1×4096: 1.51 → 1.63) lose too.
-fn late_trigger(plan: &Plan, rows: usize) -> bool {
-    plan.kind == Kind::Rows1 && plan.log2_group <= 5 && plan.grid == 1 && rows < (plan.block >> plan.log2_group) as usize
-}
-
 fn params(req: &Request, plan: &Plan, x: u64, out: u64, residual: u64, weight: u64) -> ffi::Params {
     let s = req.shape;
     let fused = req.residual.is_some();
     let prefetch = plan.vec && prefetch_rows(s.rows, s.hidden, req.elem, fused);
-    let flags = plan.vec as i32
-        | (((fused && req.norm.sum == FusedSum::Fp32) as i32) << 1)
-        | ((prefetch as i32) << 2)
-        | ((late_trigger(plan, s.rows) as i32) << 3);
+    let flags = plan.vec as i32 | (((fused && req.norm.sum == FusedSum::Fp32) as i32) << 1) | ((prefetch as i32) << 2);
     ffi::Params {
         x,
         out,
@@ -542,35 +533,38 @@ mod tests {
 
     #[test]
     fn late_trigger_policy() {
-        let late = |rows: usize, hidden: usize| {
-            let none = Buf { ptr: 0x1000, len: rows * hidden };
+        let late = |rows: usize, hidden: usize, fused: bool| {
+            let buf = Buf { ptr: 0x1000, len: rows * hidden };
             let req = Request {
                 op: "test",
                 elem: 2,
                 weight_elem: 2,
                 shape: Shape::new(rows, hidden),
                 norm: Norm::hf(1e-6),
-                x: none,
+                x: buf,
                 out: Some(Buf { ptr: 0x9000_0000, len: rows * hidden }),
-                residual: None,
+                residual: fused.then_some(Buf { ptr: 0x4000_0000, len: rows * hidden }),
                 weight: Buf { ptr: 0x2000, len: hidden },
                 force: None,
                 sms: 132,
             };
-            late_trigger(&plan::plan(&req).unwrap().unwrap(), rows)
+            plan::plan(&req).unwrap().unwrap().kind == Kind::Rows1Late
         };
         // A lone 128-thread CTA with idle row groups: 16 groups of hidden 64, 8 of 128, 4 of 256.
-        assert!(late(1, 64) && late(15, 64) && !late(16, 64));
-        assert!(late(1, 128) && late(7, 128) && !late(8, 128) && !late(9, 128));
-        assert!(late(3, 256) && !late(4, 256));
-        // Two or more chunks per thread, or a CTA per row: never.
-        assert!(!late(1, 512) && !late(1, 4096) && !late(1, 8192));
+        assert!(late(1, 64, false) && late(15, 64, false) && !late(16, 64, false));
+        assert!(late(1, 128, false) && late(7, 128, false) && !late(8, 128, false) && !late(9, 128, false));
+        assert!(late(3, 256, false) && !late(4, 256, false));
+        // Fused, two or more chunks per thread, or a CTA per row: never.
+        assert!(!late(1, 128, true));
+        assert!(!late(1, 512, false) && !late(1, 4096, false) && !late(1, 8192, false));
+        let specs = kernel_specs();
+        assert!(specs.iter().any(|s| s.name() == "rmsnorm__bf16__k1_late__pdl"));
     }
 
     #[test]
     fn spec_table_is_indexed_consistently() {
         let specs = kernel_specs();
-        assert_eq!(specs.len(), 100);
+        assert_eq!(specs.len(), 110);
         for (pi, &(t, w)) in PAIRS.iter().enumerate() {
             for (fused, kinds) in [(false, &Kind::PLAIN[..]), (true, &Kind::FUSED[..])] {
                 for &kind in kinds {

@@ -63,11 +63,13 @@ pub(crate) enum Kind {
     Rows1x4,
     /// K = 2, up to 2 rows per thread (unfused only).
     Rows2x2,
+    /// Rows1 releasing its PDL dependents after its stores (unfused only): see [`late_trigger`].
+    Rows1Late,
 }
 
 impl Kind {
     /// Kernels of the unfused op.
-    pub(crate) const PLAIN: [Kind; 6] = [Kind::Rows1, Kind::Rows2, Kind::Rows4, Kind::Stream, Kind::Rows1x4, Kind::Rows2x2];
+    pub(crate) const PLAIN: [Kind; 7] = [Kind::Rows1, Kind::Rows2, Kind::Rows4, Kind::Stream, Kind::Rows1x4, Kind::Rows2x2, Kind::Rows1Late];
     /// Kernels of the fused op.
     pub(crate) const FUSED: [Kind; 4] = [Kind::Rows1, Kind::Rows2, Kind::Rows4, Kind::Stream];
 
@@ -78,7 +80,7 @@ impl Kind {
     /// (chunks per thread, most rows per thread) of a register kernel; None for the two-pass one.
     pub(crate) fn shape(self) -> Option<(u32, u32)> {
         match self {
-            Kind::Rows1 => Some((1, 1)),
+            Kind::Rows1 | Kind::Rows1Late => Some((1, 1)),
             Kind::Rows2 => Some((2, 1)),
             Kind::Rows4 => Some((4, 1)),
             Kind::Rows1x4 => Some((1, 4)),
@@ -86,6 +88,18 @@ impl Kind {
             Kind::Stream => None,
         }
     }
+}
+
+/// Whether a launch releases its PDL dependents after its stores ([`Kind::Rows1Late`]) rather
+/// than once its loads are issued: a single CTA of one-chunk row groups (unfused) with fewer rows
+/// than groups. Its idle groups reach the trigger right after the wait, which releases the
+/// dependents before any row is loaded. Measured on the H100 (S5-4, the trigger after the stores
+/// in every launch against as before): 1–4 rows of hidden 64–256 bf16 1.23 µs → 1.03–1.12, while
+/// a full CTA (8×128) went 1.16 → 1.31 and one-row CTAs of two or more chunks (1×512 1.27 →
+/// 1.62, 1×4096 1.51 → 1.63) lost too. A kernel of its own, not a runtime flag: as a flag the
+/// second trigger site slowed other launches by 1–16 % (S5-5: 4×256 1.24 → 1.44 µs).
+fn late_trigger(kind: Kind, log2_group: u32, grid: usize, rows: usize, block: usize, fused: bool) -> bool {
+    kind == Kind::Rows1 && !fused && log2_group <= 5 && grid == 1 && rows < block >> log2_group
 }
 
 /// A buffer as seen by validation: device address and length in elements.
@@ -309,7 +323,9 @@ pub(crate) fn plan(r: &Request) -> Result<Option<Plan>> {
                 (2, true) => Kind::Rows2x2,
                 _ => Kind::Rows4,
             };
-            (kind, block, rows.div_ceil(rows_per_slot * n), 0, n as u32)
+            let grid = rows.div_ceil(rows_per_slot * n);
+            let kind = if late_trigger(kind, var.log2_group, grid, rows, block, fused) { Kind::Rows1Late } else { kind };
+            (kind, block, grid, 0, n as u32)
         }
     };
     Ok(Some(Plan { kind, log2_group: var.log2_group, iters_log2, rows_per_thread, block: block as u32, grid: grid as u32, vec, chunks }))
