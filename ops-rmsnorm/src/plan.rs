@@ -69,7 +69,8 @@ pub(crate) enum Kind {
 
 impl Kind {
     /// Kernels of the unfused op.
-    pub(crate) const PLAIN: [Kind; 7] = [Kind::Rows1, Kind::Rows2, Kind::Rows4, Kind::Stream, Kind::Rows1x4, Kind::Rows2x2, Kind::Rows1Late];
+    pub(crate) const PLAIN: [Kind; 7] =
+        [Kind::Rows1, Kind::Rows2, Kind::Rows4, Kind::Stream, Kind::Rows1x4, Kind::Rows2x2, Kind::Rows1Late];
     /// Kernels of the fused op.
     pub(crate) const FUSED: [Kind; 4] = [Kind::Rows1, Kind::Rows2, Kind::Rows4, Kind::Stream];
 

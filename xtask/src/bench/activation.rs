@@ -54,7 +54,9 @@ pub fn run(c: &mut Ctx) -> anyhow::Result<()> {
     for d in [4096usize, 14336] {
         for &t in tokens {
             let shape = format!("{t}x{}", 2 * d);
-            if ![Activation::Silu, Activation::GeluTanh].iter().any(|a| c.wants(a.op(), &shape)) && !c.wants("silu_and_mul_filtered", &shape) {
+            if ![Activation::Silu, Activation::GeluTanh].iter().any(|a| c.wants(a.op(), &shape))
+                && !c.wants("silu_and_mul_filtered", &shape)
+            {
                 continue;
             }
             let bytes = t * 3 * d * 2;

@@ -190,8 +190,11 @@ pub fn copy(c: &mut Ctx) -> anyhow::Result<()> {
     let grid = c.rt.sm_count() * 8;
     // Each size reads `bytes` and writes `bytes`, rotating through the 1 GiB buffers so that
     // nothing is served from L2: the ceiling for the ops of the same size.
-    let sizes: &[(usize, &str)] =
-        if c.quick { &[(total, "1GiB")] } else { &[(32 << 20, "32MiB"), (64 << 20, "64MiB"), (128 << 20, "128MiB"), (256 << 20, "256MiB"), (total, "1GiB")] };
+    let sizes: &[(usize, &str)] = if c.quick {
+        &[(total, "1GiB")]
+    } else {
+        &[(32 << 20, "32MiB"), (64 << 20, "64MiB"), (128 << 20, "128MiB"), (256 << 20, "256MiB"), (total, "1GiB")]
+    };
     let (s0, d0) = (device_ptr(&c.rt, &src), device_ptr(&c.rt, &dst));
     for &(bytes, name) in sizes {
         if !c.wants("copy", name) {

@@ -74,7 +74,17 @@ pub fn run(c: &mut Ctx) -> anyhow::Result<()> {
     // `rmsnorm_hf.sweep`, shape `{t}x{h}/g{log2 group}k{chunks}r{rows}`): the data behind the
     // automatic choice in ops-rmsnorm/src/plan.rs.
     if !c.quick {
-        for (t, h) in [(65536usize, 128usize), (16384, 128), (16384, 8192), (8192, 8192), (16384, 4096), (8192, 4096), (2048, 8192), (1, 4096), (1, 8192)] {
+        for (t, h) in [
+            (65536usize, 128usize),
+            (16384, 128),
+            (16384, 8192),
+            (8192, 8192),
+            (16384, 4096),
+            (8192, 4096),
+            (2048, 8192),
+            (1, 4096),
+            (1, 8192),
+        ] {
             if !c.wants("rmsnorm_hf.sweep", &format!("{t}x{h}/")) {
                 continue;
             }
