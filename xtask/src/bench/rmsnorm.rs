@@ -38,19 +38,25 @@ impl Hf {
     }
 }
 
+/// Times `rms_norm_hf` on `t` rows of `h` as row `op` / `{t}x{h}` (unless KILN_BENCH_ONLY drops it).
+fn time_hf(c: &mut Ctx, op: &str, t: usize, h: usize) -> anyhow::Result<()> {
+    let name = format!("{t}x{h}");
+    if !c.wants(op, &name) {
+        return Ok(());
+    }
+    let Hf { bytes, sets, xs, mut outs, w, shape } = Hf::new(c, t, h)?;
+    let rt = c.rt.clone();
+    let us = c.time(sets, |i| kiln_rmsnorm::rms_norm_hf(&rt, &xs[i], &w, &mut outs[i], shape, 1e-6))?;
+    c.record(op, &name, us, bytes as f64, None)
+}
+
 /// Times every shape.
 pub fn run(c: &mut Ctx) -> anyhow::Result<()> {
     let toks: &[usize] = if c.quick { &[1, 32, 256, 2048, 8192] } else { &[1, 8, 32, 128, 512, 2048, 8192, 16384] };
     for h in [128usize, 4096, 8192] {
         let extra: &[usize] = if h == 128 { &[65536] } else { &[] };
         for &t in toks.iter().chain(extra) {
-            if !c.wants("rmsnorm_hf", &format!("{t}x{h}")) {
-                continue;
-            }
-            let Hf { bytes, sets, xs, mut outs, w, shape } = Hf::new(c, t, h)?;
-            let rt = c.rt.clone();
-            let us = c.time(sets, |i| kiln_rmsnorm::rms_norm_hf(&rt, &xs[i], &w, &mut outs[i], shape, 1e-6))?;
-            c.record("rmsnorm_hf", &format!("{t}x{h}"), us, bytes as f64, None)?;
+            time_hf(c, "rmsnorm_hf", t, h)?;
         }
     }
 
@@ -59,13 +65,7 @@ pub fn run(c: &mut Ctx) -> anyhow::Result<()> {
     if !c.quick {
         for h in [64usize, 128, 256, 512, 1024, 2048, 4096, 8192] {
             for t in [1usize, 2, 4, 8] {
-                if !c.wants("rmsnorm_hf.small", &format!("{t}x{h}")) {
-                    continue;
-                }
-                let Hf { bytes, sets, xs, mut outs, w, shape } = Hf::new(c, t, h)?;
-                let rt = c.rt.clone();
-                let us = c.time(sets, |i| kiln_rmsnorm::rms_norm_hf(&rt, &xs[i], &w, &mut outs[i], shape, 1e-6))?;
-                c.record("rmsnorm_hf.small", &format!("{t}x{h}"), us, bytes as f64, None)?;
+                time_hf(c, "rmsnorm_hf.small", t, h)?;
             }
         }
     }
