@@ -17,7 +17,8 @@
 //                  sin ρ, cos ρ by Taylor polynomials to degree 9/10 in f32 (Horner, FMA),
 //                  placed by q: c ≈ cos θ, s ≈ sin θ within ~1e-7 at any position. Integer and
 //                  IEEE f32 operations only, so the CPU reference reproduces c and s bit for bit
-//                  (the fp64 version this replaced cost 2-3 % at 1-32 and 8192+ tokens).
+//                  (the fp64 version this replaced was 2-3 % slower at 1-32 tokens and
+//                  0.6-0.8 % at 8192+; S5-1).
 //   rotation of the pair (a, b) — NeoX: a = element d < rotary_dim/2, b = element d + rotary_dim/2,
 //   p = d; interleaved (GPT-J): a = element 2p, b = element 2p + 1:
 //                  a' = RN(RN(fma(e_a, c, −RN(e_b · s))) · attention_factor)
