@@ -334,6 +334,11 @@ KILN_DEVICE i64* table_ends(unsigned char* smem, int n) {
   return reinterpret_cast<i64*>(smem + sizeof(Expert) * n);
 }
 
+// Column tiles of a row (the last one may be partial).
+KILN_DEVICE i64 col_tiles(const Mxfp8Params& p) {
+  return (p.k + kTileCols - 1) / kTileCols;
+}
+
 // A launch's tiles: the expert table in shared memory and the tile counts.
 struct Tiles {
   Expert* experts;
@@ -347,7 +352,7 @@ struct Tiles {
 template <bool kPdl>
 KILN_DEVICE Tiles build_tiles(const Mxfp8Params& p, unsigned char* table) {
   const ExpertMeta meta = meta_of(p);
-  Tiles t{table_experts(table), table_ends(table, table_size(meta)), (p.k + kTileCols - 1) / kTileCols, 0};
+  Tiles t{table_experts(table), table_ends(table, table_size(meta)), col_tiles(p), 0};
   kiln::pdl_wait<kPdl>();
   t.total = build_table<kThreads>(meta, t.experts, t.ends, [&](const Expert& e) -> i64 { return tiles_of(e, t.ktiles); });
   kiln::pdl_launch_dependents<kPdl>();
@@ -443,7 +448,7 @@ __global__ void __launch_bounds__(mxfp8::kThreads, 1) mxfp8_quantize_tma(const _
       // convert first if x were one expert (tile t = row tile t / ktiles, column tile t % ktiles).
       // Expert boundaries shift the real tiles by a few rows; the lines are the first wave's
       // either way. A prefetch moves nothing into the kernel's view (L2 is coherent).
-      const i64 kt_n = (p.k + kTileCols - 1) / kTileCols;
+      const i64 kt_n = col_tiles(p);
       for (int s = 0; s < kPrefetchTiles && s < S; ++s) {
         const i64 t = blockIdx.x + static_cast<i64>(s) * gridDim.x;
         const i64 rt = t / kt_n;
