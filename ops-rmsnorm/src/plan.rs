@@ -99,8 +99,10 @@ impl Kind {
 /// a full CTA (8×128) went 1.16 → 1.31 and one-row CTAs of two or more chunks (1×512 1.27 →
 /// 1.62, 1×4096 1.51 → 1.63) lost too. A kernel of its own, not a runtime flag: as a flag the
 /// second trigger site slowed other launches by 1–16 % (S5-5: 4×256 1.24 → 1.44 µs).
-fn late_trigger(kind: Kind, log2_group: u32, grid: usize, rows: usize, block: usize, fused: bool) -> bool {
-    kind == Kind::Rows1 && !fused && log2_group <= 5 && grid == 1 && rows < block >> log2_group
+fn late_trigger(kind: Kind, log2_group: u32, rows: usize, block: usize, fused: bool) -> bool {
+    // A Rows1 CTA holds block >> log2_group rows (one when a row fills the CTA), so fewer rows
+    // than that means a single CTA with idle groups.
+    kind == Kind::Rows1 && !fused && rows < block >> log2_group
 }
 
 /// A buffer as seen by validation: device address and length in elements.
@@ -325,7 +327,7 @@ pub(crate) fn plan(r: &Request) -> Result<Option<Plan>> {
                 _ => Kind::Rows4,
             };
             let grid = rows.div_ceil(rows_per_slot * n);
-            let kind = if late_trigger(kind, var.log2_group, grid, rows, block, fused) { Kind::Rows1Late } else { kind };
+            let kind = if late_trigger(kind, var.log2_group, rows, block, fused) { Kind::Rows1Late } else { kind };
             (kind, block, grid, 0, n as u32)
         }
     };
@@ -407,6 +409,24 @@ mod tests {
         let mut r = req(1, 8);
         r.shape.rows = i32::MAX as usize + 1;
         assert_eq!(err(&r), "rows=2147483648 exceeds 2147483647");
+    }
+
+    #[test]
+    fn late_trigger_policy() {
+        let late = |rows: usize, hidden: usize, fused: bool| {
+            let mut r = req(rows, hidden);
+            if fused {
+                r.residual = Some(Buf { ptr: 0x4000_0000, len: rows * hidden });
+            }
+            plan(&r).unwrap().unwrap().kind == Kind::Rows1Late
+        };
+        // A lone 128-thread CTA with idle row groups: 16 groups of hidden 64, 8 of 128, 4 of 256.
+        assert!(late(1, 64, false) && late(15, 64, false) && !late(16, 64, false));
+        assert!(late(1, 128, false) && late(7, 128, false) && !late(8, 128, false) && !late(9, 128, false));
+        assert!(late(3, 256, false) && !late(4, 256, false));
+        // Fused, two or more chunks per thread, or a CTA per row: never.
+        assert!(!late(1, 128, true));
+        assert!(!late(1, 512, false) && !late(1, 4096, false) && !late(1, 8192, false));
     }
 
     #[test]
