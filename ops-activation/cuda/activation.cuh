@@ -30,6 +30,9 @@
 //   them once the loads are issued measured faster; unfiltered vector-path launches of inputs up
 //   to 16 MiB prefetch their input into L2 before the wait (flag kPrefetch). Each thread issues
 //   all its loads before the first use.
+// Kernels: act_and_mul_kernel (every launch), and act_and_mul_wide_kernel for unfiltered
+//   vector-path silu / gelu_tanh launches in the default rounding on 16-bit types (the host's
+//   choice; the same results): no filter code, and the arithmetic of a unit in two phases.
 
 #include <kiln/common.cuh>
 #include <kiln/vec.cuh>
@@ -182,7 +185,7 @@ KILN_DEVICE void prefetch_l2(const Params& p, long long row) {
 // for early-trigger launches leaves it out, because the trigger's memory clobber also pins the
 // compiler's schedule (measured on the H100, S5-4: without it 2048×8192 18.08 → 17.91 µs,
 // 128×28672 4.54 → 4.27).
-template <typename T, int N, int kPer, int kAct, bool kRound, bool kPdl, bool kLoadTrigger>
+template <typename T, int N, int kPer, int kAct, bool kRound, bool kPdl, bool kLoadTrigger, bool kWide = false>
 KILN_DEVICE void row_chunk(const Params& p, long long row) {
   using V = kiln::Vec<T, N>;
   const long long units = static_cast<long long>(static_cast<unsigned long long>(p.d) / N);
@@ -212,10 +215,9 @@ KILN_DEVICE void row_chunk(const Params& p, long long row) {
       if constexpr (!kRound && kTwoPhase<kAct>) {
         // Four denominators (their MUFU.EX2s back to back), then four divisions: measured on the
         // H100 (S5-10) 1×8192 0.885 → 0.855 µs, 512×8192 5.02 → 4.93, 128×28672 4.52 → 4.42.
-        // All eight first was faster still on unfiltered memory-bound launches (2048×8192 18.09
-        // → 17.85 µs) but took 34 registers, one CTA per SM less, and filtered launches lost
-        // 5-9 % (S5-9).
-        constexpr int H = N > 4 ? 4 : N;
+        // The wide kernel (kWide) takes all N denominators first: faster still, but in this
+        // kernel it cost filtered launches 5-9 % (S5-9), hence the separate instantiation.
+        constexpr int H = kWide || N <= 4 ? N : 4;
 #pragma unroll
         for (int k0 = 0; k0 < N; k0 += H) {
           float gf[H], uf[H], den[H];
@@ -240,8 +242,10 @@ KILN_DEVICE void row_chunk(const Params& p, long long row) {
 
 }  // namespace kiln_act
 
-template <typename T, int kAct, bool kRound, bool kPdl>
-__global__ void __launch_bounds__(kiln_act::kThreads) act_and_mul_kernel(const kiln_act::Params p) {
+// The kernels' body. kWide (act_and_mul_wide_kernel): unfiltered vector-path launches only, with
+// the denominators of all N elements of a unit first.
+template <typename T, int kAct, bool kRound, bool kPdl, bool kWide>
+KILN_DEVICE void act_body(const kiln_act::Params& p) {
   const long long row = (static_cast<long long>(blockIdx.z) * gridDim.y + blockIdx.y) * blockDim.y + threadIdx.y;
   if constexpr (kPdl) {
     if ((p.flags & kiln_act::kPrefetch) && row < p.rows && threadIdx.x == 0) {
@@ -257,17 +261,37 @@ __global__ void __launch_bounds__(kiln_act::kThreads) act_and_mul_kernel(const k
   kiln::pdl_wait<kPdl>();
   if (p.flags & kiln_act::kEarlyTrigger) kiln::pdl_launch_dependents<kPdl>();
   if (row >= p.rows) return;
-  if ((p.flags & (kiln_act::kFilterExpert | kiln_act::kFilterSorted)) && kiln_act::row_skipped(p, row)) return;
+  if constexpr (!kWide) {
+    if ((p.flags & (kiln_act::kFilterExpert | kiln_act::kFilterSorted)) && kiln_act::row_skipped(p, row)) return;
+  }
   // Half vectors are for inputs under 64 KiB only, so never with kEarlyTrigger.
   if (p.flags & kiln_act::kHalfVector) {
-    kiln_act::row_chunk<T, kiln::kVec16<T> / 2, kiln_act::kVecPer, kAct, kRound, kPdl, true>(p, row);
-  } else if (p.flags & kiln_act::kVectorPath) {
+    kiln_act::row_chunk<T, kiln::kVec16<T> / 2, kiln_act::kVecPer, kAct, kRound, kPdl, true, kWide>(p, row);
+  } else if (kWide || (p.flags & kiln_act::kVectorPath)) {
     if (p.flags & kiln_act::kEarlyTrigger) {
-      kiln_act::row_chunk<T, kiln::kVec16<T>, kiln_act::kVecPer, kAct, kRound, kPdl, false>(p, row);
+      kiln_act::row_chunk<T, kiln::kVec16<T>, kiln_act::kVecPer, kAct, kRound, kPdl, false, kWide>(p, row);
     } else {
-      kiln_act::row_chunk<T, kiln::kVec16<T>, kiln_act::kVecPer, kAct, kRound, kPdl, true>(p, row);
+      kiln_act::row_chunk<T, kiln::kVec16<T>, kiln_act::kVecPer, kAct, kRound, kPdl, true, kWide>(p, row);
     }
   } else {
     kiln_act::row_chunk<T, 1, kiln_act::kScalarPer, kAct, kRound, kPdl, true>(p, row);
   }
+}
+
+template <typename T, int kAct, bool kRound, bool kPdl>
+__global__ void __launch_bounds__(kiln_act::kThreads) act_and_mul_kernel(const kiln_act::Params p) {
+  act_body<T, kAct, kRound, kPdl, false>(p);
+}
+
+// Unfiltered vector-path launches of silu / gelu_tanh in the default rounding (the host's choice):
+// no filter code, and the denominators of a whole unit before its divisions. Measured on the H100
+// against the general kernel (S6-1, both twice in one call): 2048×8192 18.05 → 17.90 µs,
+// 512×8192 4.93 → 4.74, 128×28672 4.44 → 4.27, 1×8192 0.84 → 0.82; 34 / 39 registers (silu /
+// gelu_tanh) instead of 32. A kernel of its own because in the general kernel the same
+// arithmetic cost filtered launches 5-9 % (S5-9); capping it at 32 registers (7 CTAs per SM)
+// spilled and was 3-18 % slower (S6-1).
+template <typename T, int kAct, bool kPdl>
+__global__ void __launch_bounds__(kiln_act::kThreads) act_and_mul_wide_kernel(const kiln_act::Params p) {
+  static_assert(kiln_act::kTwoPhase<kAct> && sizeof(T) == 2, "silu / gelu_tanh on 16-bit types");
+  act_body<T, kAct, false, kPdl, true>(p);
 }

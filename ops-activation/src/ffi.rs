@@ -4,7 +4,7 @@
 use kiln_runtime::cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, SyncOnDrop};
 use kiln_runtime::{Error, KernelSpec, Result, Runtime};
 
-use crate::plan::{Plan, disjoint, launch_config, vector_path};
+use crate::plan::{Plan, disjoint, launch_config, vector_path, wide_allowed};
 use crate::{Float, Options};
 
 /// Mirror of `kiln_act::Params` in `cuda/activation.cuh` (same order, same sizes).
@@ -40,17 +40,17 @@ fn ptr_of<'a>(buf: Option<&'a dyn DevicePtr<i32>>, stream: &'a kiln_runtime::cud
     }
 }
 
-/// Launches `spec` for a validated `plan` on the runtime's stream.
+/// Launches the general kernel `spec` for a validated `plan` on the runtime's stream, or `wide`
+/// (the kernel without filter code) when the launch is unfiltered and takes the vector path.
 pub(crate) fn launch<T: Float>(
     rt: &Runtime,
     op: &'static str,
-    spec: &KernelSpec,
+    (spec, wide): (&KernelSpec, Option<&KernelSpec>),
     plan: &Plan,
     input: &impl DevicePtr<T>,
     out: &mut impl DevicePtrMut<T>,
     opts: &Options<'_>,
 ) -> Result<()> {
-    let kernel = rt.kernel(spec)?;
     let stream = rt.stream();
     let elem = std::mem::size_of::<T>();
     let (in_len, out_len) = (input.len(), out.len());
@@ -62,6 +62,12 @@ pub(crate) fn launch<T: Float>(
     let (num_tokens_post_padded, _npp_guard) = ptr_of(opts.sorted.map(|s| s.num_tokens_post_padded), stream);
     disjoint(op, in_addr, in_len, out_addr, out_len, elem)?;
     let (cfg, flags) = launch_config(plan, vector_path(plan, in_addr, out_addr, elem), elem);
+    // The wide kernel has no filter and no element-wise path: only unfiltered vector launches.
+    let spec = match wide {
+        Some(w) if wide_allowed(flags) => w,
+        _ => spec,
+    };
+    let kernel = rt.kernel(spec)?;
     let params = Params {
         input: in_addr,
         out: out_addr,
@@ -86,8 +92,9 @@ pub(crate) fn launch<T: Float>(
     // belongs to this runtime's context; `disjoint` checked that input and output do not
     // overlap. `launch_config` sets FLAG_VECTOR only where `vector_path` found both bases 16-byte
     // aligned and `d` and both strides multiples of the vector width, and FLAG_PREFETCH only on
-    // that path without a filter (the bulk prefetches stay inside each row's gate and up). The
-    // buffers are borrowed for this call and their guards live until the launch is queued on
+    // that path without a filter (the bulk prefetches stay inside each row's gate and up), and the
+    // wide kernel (which trusts FLAG_VECTOR and reads no ids) runs only with FLAG_VECTOR and no
+    // filter flag. The buffers are borrowed for this call and their guards live until the launch is queued on
     // the same stream.
     unsafe { rt.launch(&kernel, cfg).run(&params) }
 }

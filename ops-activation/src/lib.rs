@@ -291,8 +291,26 @@ fn make_spec(dt: DtypeId, act: Activation, rounding: Rounding, pdl: bool) -> Ker
     KernelSpec::new(format!("{}__{}{variant}", act.op(), dt.tag()), &SOURCE, expr).pdl(pdl).math(math)
 }
 
+/// The kernel of unfiltered vector-path launches of silu / gelu_tanh in the default rounding on
+/// 16-bit types, if `(dt, act, rounding)` has one: `act_and_mul_wide_kernel`, which computes the
+/// denominators of a whole 16-byte unit before its divisions and has no filter code (see
+/// activation.cuh). Its index in `SPECS`, after the 36 general kernels.
+fn wide_index(dt: DtypeId, act: Activation, rounding: Rounding, pdl: bool) -> Option<usize> {
+    let a = match act {
+        Activation::Silu => 0,
+        Activation::GeluTanh => 1,
+        Activation::Gelu => return None,
+    };
+    let d = WIDE_DTYPES.iter().position(|&x| x == dt)?;
+    (rounding == Rounding::Once).then_some(GENERAL_SPECS + (d * 2 + a) * 2 + pdl as usize)
+}
+
+/// Specs of the general kernel (dtype × activation × rounding × PDL); the wide ones follow.
+const GENERAL_SPECS: usize = 36;
+const WIDE_DTYPES: [DtypeId; 2] = [DtypeId::F16, DtypeId::Bf16];
+
 static SPECS: LazyLock<Vec<KernelSpec>> = LazyLock::new(|| {
-    let mut v = Vec::with_capacity(36);
+    let mut v = Vec::with_capacity(GENERAL_SPECS + 8);
     for dt in DTYPES {
         for act in Activation::ALL {
             for rounding in [Rounding::Once, Rounding::Activation] {
@@ -303,18 +321,37 @@ static SPECS: LazyLock<Vec<KernelSpec>> = LazyLock::new(|| {
             }
         }
     }
+    debug_assert_eq!(v.len(), GENERAL_SPECS);
+    for dt in WIDE_DTYPES {
+        for act in [Activation::Silu, Activation::GeluTanh] {
+            for pdl in [false, true] {
+                debug_assert_eq!(Some(v.len()), wide_index(dt, act, Rounding::Once, pdl));
+                let expr = template_expr("act_and_mul_wide_kernel", &[dt.into(), TemplateArg::Int(act.index() as i64), pdl.into()]);
+                let name = format!("{}__{}__wide{}", act.op(), dt.tag(), if pdl { "__pdl" } else { "" });
+                v.push(KernelSpec::new(name, &SOURCE, expr).pdl(pdl).math(MathPolicy::ArchDefault));
+            }
+        }
+    }
     v
 });
 
-/// Every kernel instantiation of this crate: dtype × activation × rounding × PDL (for prewarm,
-/// snapshots and [`Runtime::preload`]).
+/// Every kernel instantiation of this crate: dtype × activation × rounding × PDL, and the wide
+/// kernels of unfiltered silu / gelu_tanh launches (f16, bf16 × PDL) (for prewarm, snapshots and
+/// [`Runtime::preload`]).
 pub fn kernel_specs() -> Vec<KernelSpec> {
     SPECS.clone()
 }
 
-/// The spec a call with these settings launches on `rt`.
+/// The spec of the general kernel a call with these settings launches on `rt` (filtered,
+/// unaligned, f32, gelu or activation-rounding launches; see [`wide_spec_for`] for the others).
 pub fn spec_for<T: Float>(rt: &Runtime, act: Activation, rounding: Rounding) -> &'static KernelSpec {
     &SPECS[spec_index(T::ID, act, rounding, rt.pdl_enabled())]
+}
+
+/// The spec of the wide kernel that unfiltered 16-byte-aligned calls with these settings launch on
+/// `rt`, if there is one (silu and gelu_tanh in the default rounding on f16 / bf16).
+pub fn wide_spec_for<T: Float>(rt: &Runtime, act: Activation, rounding: Rounding) -> Option<&'static KernelSpec> {
+    wide_index(T::ID, act, rounding, rt.pdl_enabled()).map(|i| &SPECS[i])
 }
 
 /// Size in bytes of the by-value parameter struct of `spec`'s kernel; the snapshot suite checks
@@ -402,8 +439,8 @@ fn run<T: Float>(
     let req = request::<T>(op, act, shape, input.len(), out.len(), exact, opts);
     let Some(plan) = validate(&req)? else { return Ok(()) };
     check_contexts::<T>(op, rt, input, Some(out as &dyn DeviceSlice<T>), opts)?;
-    let spec = spec_for::<T>(rt, act, opts.rounding);
-    ffi::launch::<T>(rt, op, spec, &plan, input, out, opts)
+    let specs = (spec_for::<T>(rt, act, opts.rounding), wide_spec_for::<T>(rt, act, opts.rounding));
+    ffi::launch::<T>(rt, op, specs, &plan, input, out, opts)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -458,7 +495,8 @@ pub fn act_and_mul_alloc<T: Float>(
     };
     check_contexts::<T>(op, rt, input, None, opts)?;
     let mut out = ffi::alloc_fully_written::<T>(rt, n)?;
-    ffi::launch::<T>(rt, op, spec_for::<T>(rt, act, opts.rounding), &plan, input, &mut out, opts)?;
+    let specs = (spec_for::<T>(rt, act, opts.rounding), wide_spec_for::<T>(rt, act, opts.rounding));
+    ffi::launch::<T>(rt, op, specs, &plan, input, &mut out, opts)?;
     Ok(out)
 }
 

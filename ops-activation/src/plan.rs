@@ -182,6 +182,12 @@ pub(crate) fn geometry(plan: &Plan, lanes: u64, per: u64, threads: u64) -> Launc
     LaunchConfig { grid: (col_blocks as u32, grid_y as u32, grid_z as u32), block: (tx as u32, ty as u32, 1), smem: 0 }
 }
 
+/// Whether a launch with these kernel flags may run the wide kernel (which has neither the row
+/// filter nor the element-wise path): vector path, no filter.
+pub(crate) fn wide_allowed(flags: i32) -> bool {
+    flags & FLAG_VECTOR != 0 && flags & (FLAG_EXPERT | FLAG_SORTED) == 0
+}
+
 /// Launch configuration and kernel flags for a validated plan: the unit (16-byte vector, 8-byte
 /// half vector or element), the block size, when to release PDL dependents, whether to
 /// prefetch into L2.

@@ -229,7 +229,7 @@ fn overlapping_buffers_are_rejected() {
 #[test]
 fn spec_table_is_complete_and_indexed() {
     let specs = kernel_specs();
-    assert_eq!(specs.len(), 36);
+    assert_eq!(specs.len(), GENERAL_SPECS + 8);
     let mut names = std::collections::HashSet::new();
     for dt in DTYPES {
         for act in Activation::ALL {
@@ -248,8 +248,41 @@ fn spec_table_is_complete_and_indexed() {
             }
         }
     }
+    for dt in DTYPES {
+        for act in Activation::ALL {
+            for rounding in [Rounding::Once, Rounding::Activation] {
+                for pdl in [false, true] {
+                    let wide = wide_index(dt, act, rounding, pdl);
+                    let has = dt != DtypeId::F32 && act != Activation::Gelu && rounding == Rounding::Once;
+                    assert_eq!(wide.is_some(), has, "{dt:?} {act:?} {rounding:?}");
+                    if let Some(i) = wide {
+                        let s = &specs[i];
+                        assert!(names.insert(s.name().to_string()));
+                        assert_eq!(s.is_pdl(), pdl);
+                        assert_eq!(s.expr(), format!("act_and_mul_wide_kernel<{}, {}, {pdl}>", dt.cpp(), act as usize));
+                        assert_eq!(s.math_policy(), MathPolicy::ArchDefault);
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(names.len(), specs.len());
+    assert_eq!(
+        specs[wide_index(DtypeId::Bf16, Activation::GeluTanh, Rounding::Once, true).unwrap()].name(),
+        "gelu_tanh_and_mul__bf16__wide__pdl"
+    );
     assert_eq!(specs[spec_index(DtypeId::Bf16, Activation::Silu, Rounding::Once, true)].name(), "silu_and_mul__bf16__pdl");
     assert_eq!(specs[spec_index(DtypeId::F16, Activation::GeluTanh, Rounding::Activation, false)].name(), "gelu_tanh_and_mul__f16__round");
     static OTHER: KernelSource = KernelSource { name: "x.cuh", text: "", headers: &[] };
     assert_eq!(params_bytes(&KernelSpec::new("x", &OTHER, "x")), None);
+}
+
+#[test]
+fn wide_kernel_only_for_unfiltered_vector_launches() {
+    assert!(wide_allowed(FLAG_VECTOR));
+    assert!(wide_allowed(FLAG_VECTOR | FLAG_HALF_VECTOR | FLAG_PREFETCH | FLAG_EARLY_TRIGGER));
+    assert!(!wide_allowed(0));
+    assert!(!wide_allowed(FLAG_EARLY_TRIGGER));
+    assert!(!wide_allowed(FLAG_VECTOR | FLAG_EXPERT));
+    assert!(!wide_allowed(FLAG_VECTOR | FLAG_SORTED));
 }

@@ -5,7 +5,7 @@
 //! only the rows computed).
 
 use half::bf16;
-use kiln_activation::{Activation, Options, Rounding, Shape, act_and_mul, act_and_mul_with, spec_for};
+use kiln_activation::{Activation, Options, Rounding, Shape, act_and_mul, act_and_mul_with, spec_for, wide_spec_for};
 use kiln_runtime::cudarc::driver::CudaSlice;
 
 use kiln_tests::data::Rng;
@@ -45,10 +45,12 @@ fn buffers(c: &Ctx, sets: usize, n_in: usize, n_out: usize) -> anyhow::Result<(S
 /// Times every shape.
 pub fn run(c: &mut Ctx) -> anyhow::Result<()> {
     let rt = c.rt.clone();
-    rt.preload(&[
-        spec_for::<bf16>(&rt, Activation::Silu, Rounding::Once).clone(),
-        spec_for::<bf16>(&rt, Activation::GeluTanh, Rounding::Once).clone(),
-    ])?;
+    let mut specs = Vec::new();
+    for act in [Activation::Silu, Activation::GeluTanh] {
+        specs.push(spec_for::<bf16>(&rt, act, Rounding::Once).clone());
+        specs.extend(wide_spec_for::<bf16>(&rt, act, Rounding::Once).cloned());
+    }
+    rt.preload(&specs)?;
     let tokens: &[usize] = if c.quick { &[1, 32, 256, 2048, 8192] } else { &[1, 8, 32, 128, 512, 2048, 8192, 16384] };
     let filtered_tokens: &[usize] = if c.quick { &[128, 8192] } else { &[32, 128, 512, 2048, 8192, 16384] };
     for d in [4096usize, 14336] {
