@@ -22,6 +22,14 @@ const MAX_THREADS: usize = 512;
 /// (seven idle row groups) 1.23 µs (S5-1).
 const ROWS_CTA_THREADS: usize = 128;
 
+/// Threads of the CTA of a launch whose rows would fill exactly one [`ROWS_CTA_THREADS`] CTA
+/// with row groups of 16 or 32 threads (8×128, 4×256 in 16-bit types): with twice the threads
+/// the lone CTA has idle groups and takes the late trigger ([`late_trigger`]). Measured on the
+/// H100 (S6-3, against the full 128-thread CTA): 8×128 1.16 → 1.09 µs, 4×256 1.34 → 1.08. Where
+/// the 128-thread CTA already has idle groups, or with 8-thread groups (hidden 64), the larger
+/// CTA measured 2–10 % slower (1×128 1.05 → 1.07, 8×64 1.15 → 1.22).
+const LONE_CTA_THREADS: usize = 256;
+
 /// Several rows per thread (kernels of two or more chunks per thread only) once a
 /// one-row-per-thread grid would take more than this many waves of resident CTAs (counting 2048
 /// threads per SM): small grids are latency-bound and keep the lighter one-row kernel.
@@ -98,7 +106,10 @@ impl Kind {
 /// in every launch against as before): 1–4 rows of hidden 64–256 bf16 1.23 µs → 1.03–1.12, while
 /// a full CTA (8×128) went 1.16 → 1.31 and one-row CTAs of two or more chunks (1×512 1.27 →
 /// 1.62, 1×4096 1.51 → 1.63) lost too. A kernel of its own, not a runtime flag: as a flag the
-/// second trigger site slowed other launches by 1–16 % (S5-5: 4×256 1.24 → 1.44 µs).
+/// second trigger site slowed other launches by 1–16 % (S5-5: 4×256 1.24 → 1.44 µs). That full
+/// CTA does gain in a CTA of twice the size, half idle ([`LONE_CTA_THREADS`]). Releasing once the
+/// working threads' loads are issued (idle threads not triggering) was slower at hidden 128 and
+/// 256 (S6-1: 1×128 1.06 → 1.19 µs, 2×256 1.07 → 1.32) and faster only at hidden 64.
 fn late_trigger(kind: Kind, log2_group: u32, rows: usize, block: usize, fused: bool) -> bool {
     // A Rows1 CTA holds block >> log2_group rows (one when a row fills the CTA), so fewer rows
     // than that means a single CTA with idle groups.
@@ -301,7 +312,8 @@ pub(crate) fn plan(r: &Request) -> Result<Option<Plan>> {
             // Rows handled by one CTA per row held by a thread (G ≤ 32: ROWS_CTA_THREADS / G
             // row groups even when there are fewer rows).
             let (block, rows_per_slot) = if var.log2_group <= 5 {
-                let per_cta = ROWS_CTA_THREADS >> var.log2_group;
+                let lone_full = !fused && k == 1 && var.log2_group >= 4 && rows << var.log2_group == ROWS_CTA_THREADS;
+                let per_cta = if lone_full { LONE_CTA_THREADS } else { ROWS_CTA_THREADS } >> var.log2_group;
                 let block = (per_cta << var.log2_group).max(32);
                 (block, block >> var.log2_group)
             } else {
@@ -422,8 +434,18 @@ mod tests {
         };
         // A lone 128-thread CTA with idle row groups: 16 groups of hidden 64, 8 of 128, 4 of 256.
         assert!(late(1, 64, false) && late(15, 64, false) && !late(16, 64, false));
-        assert!(late(1, 128, false) && late(7, 128, false) && !late(8, 128, false) && !late(9, 128, false));
-        assert!(late(3, 256, false) && !late(4, 256, false));
+        assert!(late(1, 128, false) && late(7, 128, false) && !late(9, 128, false));
+        assert!(late(3, 256, false) && !late(5, 256, false));
+        // Rows that would fill it exactly with groups of 16 or 32 threads get a 256-thread CTA
+        // (idle groups again); groups of 8 do not.
+        assert!(late(8, 128, false) && late(4, 256, false));
+        for (rows, hidden, block) in [(8, 128, 256), (4, 256, 256), (16, 64, 128), (9, 128, 128), (16, 128, 128), (8, 128, 128)] {
+            let mut r = req(rows, hidden);
+            if block == 128 && rows == 8 {
+                r.residual = Some(Buf { ptr: 0x4000_0000, len: rows * hidden });
+            }
+            assert_eq!(plan(&r).unwrap().unwrap().block as usize, block, "{rows}x{hidden}");
+        }
         // Fused, two or more chunks per thread, or a CTA per row: never.
         assert!(!late(1, 128, true));
         assert!(!late(1, 512, false) && !late(1, 4096, false) && !late(1, 8192, false));
