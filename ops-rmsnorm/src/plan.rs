@@ -171,14 +171,30 @@ fn log2(n: usize) -> u32 {
 /// chunks (shorter per-thread chains for latency-bound calls) rather than 256 threads of four.
 const WIDE_ROWS_MAX: usize = 128;
 
+/// Rows up to which an unfused launch of 64 or 128 chunks (hidden 512 / 1024 in 16-bit types)
+/// gives each row a CTA of one chunk per thread and as many idle threads (`2·chunks` threads)
+/// instead of a warp of two or four chunks per thread. Measured on the H100 (S6-4, sweep of every
+/// launch shape): 1×1024 1.80 → 1.20 µs, 8×1024 1.83 → 1.29, 128×1024 → 1.47 (the best shape),
+/// 1×512 1.26 → 1.21, 8×512 1.46 → 1.30, 128×512 1.52 → 1.37; the warp per row stays ahead from
+/// 2048 rows of 512 (2.57 µs vs 2.99).
+const HALF_IDLE_ROWS_MAX: usize = 128;
+
+/// Rows up to which an unfused launch of 128 chunks past [`HALF_IDLE_ROWS_MAX`] uses a 128-thread
+/// CTA of one chunk per thread per row (S6-4: 512×1024 2.25 → 1.96 µs, 2048×1024 4.20 → 3.91;
+/// at 16384 rows the warp of four chunks is ahead, 24.41 vs 25.08).
+const CTA_ROW_1024_MAX: usize = 2048;
+
 /// The launch shape used unless a test forces another one: several rows per CTA up to 32
-/// chunks (hidden 256 in 16-bit types), a warp per row up to 128 chunks, a CTA per row (two chunks
-/// a thread up to 512 chunks, four beyond, except for few rows of 1024 chunks) with the row in
+/// chunks (hidden 256 in 16-bit types), a warp per row up to 128 chunks (unfused: a CTA per row
+/// up to 128 rows, and for rows of 128 chunks up to 2048 rows), a CTA per row (two chunks a
+/// thread up to 512 chunks, four beyond, except for few rows of 1024 chunks) with the row in
 /// registers up to 2048 chunks (hidden 16384), the two-pass kernel (512 threads) beyond.
-pub fn default_variant(chunks: usize, rows: usize) -> Variant {
+pub fn default_variant(chunks: usize, rows: usize, fused: bool) -> Variant {
     let cp = chunks.max(1).next_power_of_two();
     let (log2_group, chunks_per_thread) = match cp {
         1..=32 => (log2(cp), 1),
+        64 | 128 if !fused && rows <= HALF_IDLE_ROWS_MAX => (log2(cp) + 1, 1),
+        128 if !fused && rows <= CTA_ROW_1024_MAX => (7, 1),
         64 | 128 => (5, (cp / 32) as u32),
         256 | 512 => (log2(cp / 2), 2),
         1024 if rows <= WIDE_ROWS_MAX => (9, 2),
@@ -293,7 +309,7 @@ pub(crate) fn plan(r: &Request) -> Result<Option<Plan>> {
     let v = chunk_elems(r.elem);
     let chunks = hidden.div_ceil(v);
     let fused = r.residual.is_some();
-    let var = r.force.unwrap_or_else(|| default_variant(chunks, rows));
+    let var = r.force.unwrap_or_else(|| default_variant(chunks, rows, r.residual.is_some()));
     check_variant(var, chunks, fused).map_err(|e| Error::invalid(op, format!("variant {var:?}: {e}")))?;
 
     let row_aligned = |b: Buf, stride: usize| b.ptr.is_multiple_of(16) && (rows == 1 || stride.is_multiple_of(v));
@@ -479,9 +495,23 @@ mod tests {
         // One row of 128: a whole 128-thread CTA all the same (eight rows' worth of lanes).
         let a = p(1, 128);
         assert_eq!((a.block, a.grid), (128, 1));
-        // 512 / 1024: a warp per row, 2 / 4 chunks a lane, 4 rows per CTA.
+        // 512 / 1024: a CTA per row of one chunk per thread and as many idle threads up to 128
+        // rows, 1024 also with no idle threads up to 2048 rows; else a warp per row, 2 / 4 chunks
+        // a lane, 4 rows per CTA. The fused op keeps the warp per row.
+        let a = p(8, 1024);
+        assert_eq!((a.kind, a.log2_group, a.block, a.grid), (Kind::Rows1, 8, 256, 8));
+        let a = p(128, 512);
+        assert_eq!((a.kind, a.log2_group, a.block, a.grid), (Kind::Rows1, 7, 128, 128));
         let a = p(1000, 1024);
-        assert_eq!((a.kind, a.log2_group, a.block, a.grid), (Kind::Rows4, 5, 128, 250));
+        assert_eq!((a.kind, a.log2_group, a.block, a.grid), (Kind::Rows1, 7, 128, 1000));
+        let a = p(4096, 1024);
+        assert_eq!((a.kind, a.log2_group, a.block, a.grid), (Kind::Rows4, 5, 128, 1024));
+        let a = p(1000, 512);
+        assert_eq!((a.kind, a.log2_group, a.block, a.grid), (Kind::Rows2, 5, 128, 250));
+        let mut r = req(8, 1024);
+        r.residual = Some(Buf { ptr: 0x4000_0000, len: 8 * 1024 });
+        let a = plan(&r).unwrap().unwrap();
+        assert_eq!((a.kind, a.log2_group, a.block), (Kind::Rows4, 5, 128));
         // 4096: a CTA of 256 threads per row, 2 chunks each; 8192: 256 × 4; 16384: 512 × 4.
         let a = p(3, 4096);
         assert_eq!((a.kind, a.log2_group, a.block, a.grid), (Kind::Rows2, 8, 256, 3));
@@ -548,7 +578,7 @@ mod tests {
         for chunks in [1, 7, 16, 33, 512, 1025, 4096, 5000] {
             for fused in [false, true] {
                 let vs = variants(chunks, fused);
-                let d = default_variant(chunks, 1000);
+                let d = default_variant(chunks, 1000, fused);
                 assert!(vs.contains(&Variant { rows_per_thread: 1, ..d }), "{chunks}");
                 assert!(vs.iter().any(|v| v.chunks_per_thread == 0));
             }
