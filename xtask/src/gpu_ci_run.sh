@@ -60,7 +60,8 @@ if has bench; then
   [ "${PIPESTATUS[0]}" -ne 0 ] && rc=1
 fi
 
-# peers: SGLang + torch eager (../shared/peers), then PyTorch's FP8 GEMMs (xtask/peers/torch_gemm.py);
+# peers: SGLang + torch eager (../shared/peers), then PyTorch's FP8 GEMMs (xtask/peers/torch_gemm.py)
+# and SGLang's filtered activation (xtask/peers/sglang_filtered.py);
 # peers-compile: torch.compile rows too (slow: one compile per shape; PEERS_COMPILE_ONLY picks the ops).
 if { has peers || has peers-compile; } && [ -f target/peers/bench_peers.py ]; then
   export PYTHONUNBUFFERED=1
@@ -70,6 +71,9 @@ if { has peers || has peers-compile; } && [ -f target/peers/bench_peers.py ]; th
     cat "$OUT/peers.jsonl" >>"$OUT/peers-all.jsonl" 2>/dev/null
     : >"$OUT/peers.jsonl"
     python3 xtask/peers/torch_gemm.py 2>&1 | tee -a "$OUT/peers.log" | grep -v '^{' | tail -5
+    cat "$OUT/peers.jsonl" >>"$OUT/peers-all.jsonl"
+    : >"$OUT/peers.jsonl"
+    python3 xtask/peers/sglang_filtered.py 2>&1 | tee -a "$OUT/peers.log" | grep -v '^{' | tail -3
     cat "$OUT/peers.jsonl" >>"$OUT/peers-all.jsonl"
   fi
   if has peers-compile; then
