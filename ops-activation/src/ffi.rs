@@ -94,8 +94,8 @@ pub(crate) fn launch<T: Float>(
     // aligned and `d` and both strides multiples of the vector width, and FLAG_PREFETCH only on
     // that path without a filter (the bulk prefetches stay inside each row's gate and up), and the
     // wide kernel (which trusts FLAG_VECTOR and reads no ids) runs only with FLAG_VECTOR and no
-    // filter flag. The buffers are borrowed for this call and their guards live until the launch is queued on
-    // the same stream.
+    // filter flag. The buffers are borrowed for this call and their guards live until the launch
+    // is queued on the same stream.
     unsafe { rt.launch(&kernel, cfg).run(&params) }
 }
 

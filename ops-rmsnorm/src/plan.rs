@@ -309,7 +309,7 @@ pub(crate) fn plan(r: &Request) -> Result<Option<Plan>> {
     let v = chunk_elems(r.elem);
     let chunks = hidden.div_ceil(v);
     let fused = r.residual.is_some();
-    let var = r.force.unwrap_or_else(|| default_variant(chunks, rows, r.residual.is_some()));
+    let var = r.force.unwrap_or_else(|| default_variant(chunks, rows, fused));
     check_variant(var, chunks, fused).map_err(|e| Error::invalid(op, format!("variant {var:?}: {e}")))?;
 
     let row_aligned = |b: Buf, stride: usize| b.ptr.is_multiple_of(16) && (rows == 1 || stride.is_multiple_of(v));
