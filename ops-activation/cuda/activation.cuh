@@ -30,9 +30,11 @@
 //   them once the loads are issued measured faster; unfiltered vector-path launches of inputs up
 //   to 16 MiB prefetch their input into L2 before the wait (flag kPrefetch). Each thread issues
 //   all its loads before the first use.
-// Kernels: act_and_mul_kernel (every launch), and act_and_mul_wide_kernel for unfiltered
-//   vector-path silu / gelu_tanh launches in the default rounding on 16-bit types (the host's
-//   choice; the same results): no filter code, and the arithmetic of a unit in two phases.
+// Kernels (the host's choice; the same results): act_and_mul_kernel (every launch),
+//   act_and_mul_wide_kernel for unfiltered vector-path silu / gelu_tanh launches in the default
+//   rounding on 16-bit types (no filter code, the arithmetic of a unit in two phases), and
+//   act_and_mul_tiled_kernel for filtered vector-path launches of many blocks (several rows per
+//   block, the kept ones found by a ballot).
 
 #include <kiln/common.cuh>
 #include <kiln/vec.cuh>
@@ -75,6 +77,7 @@ struct Params {
   int num_valid_tokens;
   float clamp;                        // > 0: SiLU clamp limit; 0: none
   int flags;                          // the flags above
+  int tile;                           // act_and_mul_tiled_kernel: rows per thread row, 1..32
 };
 
 // silu and gelu_tanh in the default rounding are g / den(g) with den = 1 + exp(·) (gelu_tanh:
@@ -179,6 +182,34 @@ KILN_DEVICE void prefetch_l2(const Params& p, long long row) {
 #endif
 }
 
+// One unit (N elements) of the output from its gate and up vectors.
+template <typename T, int N, int kAct, bool kRound, bool kWide>
+KILN_DEVICE void unit(kiln::Vec<T, N>& r, const kiln::Vec<T, N>& g, const kiln::Vec<T, N>& u, float clamp) {
+  if constexpr (!kRound && kTwoPhase<kAct>) {
+    // Four denominators (their MUFU.EX2s back to back), then four divisions: measured on the
+    // H100 (S5-10) 1×8192 0.885 → 0.855 µs, 512×8192 5.02 → 4.93, 128×28672 4.52 → 4.42.
+    // The wide kernel (kWide) takes all N denominators first: faster still, but in the general
+    // kernel it cost filtered launches 5-9 % (S5-9), hence the separate instantiation.
+    constexpr int H = kWide || N <= 4 ? N : 4;
+#pragma unroll
+    for (int k0 = 0; k0 < N; k0 += H) {
+      float gf[H], uf[H], den[H];
+#pragma unroll
+      for (int k = 0; k < H; ++k) {
+        gf[k] = kiln::to_f32<T>(g[k0 + k]);
+        uf[k] = kiln::to_f32<T>(u[k0 + k]);
+        clamp_gu(gf[k], uf[k], clamp);
+        den[k] = denominator<kAct>(gf[k]);
+      }
+#pragma unroll
+      for (int k = 0; k < H; ++k) r[k0 + k] = kiln::from_f32<T>(gf[k] / den[k] * uf[k]);
+    }
+  } else {
+#pragma unroll
+    for (int k = 0; k < N; ++k) r[k] = gated<T, kAct, kRound>(g[k], u[k], clamp);
+  }
+}
+
 // One thread's share of one row: kPer units of N elements of gate and up, all loaded first, then
 // computed and stored. kLoadTrigger: the code that releases dependents once the loads are issued
 // (launches without kEarlyTrigger) sits between the loads and the arithmetic; the instantiation
@@ -212,29 +243,7 @@ KILN_DEVICE void row_chunk(const Params& p, long long row) {
     const long long c = first + static_cast<long long>(j) * blockDim.x;
     if (c < units) {
       V r;
-      if constexpr (!kRound && kTwoPhase<kAct>) {
-        // Four denominators (their MUFU.EX2s back to back), then four divisions: measured on the
-        // H100 (S5-10) 1×8192 0.885 → 0.855 µs, 512×8192 5.02 → 4.93, 128×28672 4.52 → 4.42.
-        // The wide kernel (kWide) takes all N denominators first: faster still, but in this
-        // kernel it cost filtered launches 5-9 % (S5-9), hence the separate instantiation.
-        constexpr int H = kWide || N <= 4 ? N : 4;
-#pragma unroll
-        for (int k0 = 0; k0 < N; k0 += H) {
-          float gf[H], uf[H], den[H];
-#pragma unroll
-          for (int k = 0; k < H; ++k) {
-            gf[k] = kiln::to_f32<T>(g[j][k0 + k]);
-            uf[k] = kiln::to_f32<T>(u[j][k0 + k]);
-            clamp_gu(gf[k], uf[k], p.clamp);
-            den[k] = denominator<kAct>(gf[k]);
-          }
-#pragma unroll
-          for (int k = 0; k < H; ++k) r[k0 + k] = kiln::from_f32<T>(gf[k] / den[k] * uf[k]);
-        }
-      } else {
-#pragma unroll
-        for (int k = 0; k < N; ++k) r[k] = gated<T, kAct, kRound>(g[j][k], u[j][k], p.clamp);
-      }
+      unit<T, N, kAct, kRound, kWide>(r, g[j], u[j], p.clamp);
       kiln::store_vec_stream<T, N>(out + c * N, r);
     }
   }
@@ -294,4 +303,45 @@ template <typename T, int kAct, bool kPdl>
 __global__ void __launch_bounds__(kiln_act::kThreads) act_and_mul_wide_kernel(const kiln_act::Params p) {
   static_assert(kiln_act::kTwoPhase<kAct> && sizeof(T) == 2, "silu / gelu_tanh on 16-bit types");
   act_body<T, kAct, false, kPdl, true>(p);
+}
+
+// Filtered vector-path launches whose thread rows are whole warps (tx ≥ 32; the host's choice
+// from the grid size, see plan.rs): thread row y of block b takes the rows b·ty·tile + y + k·ty
+// for k < tile (1 ≤ tile ≤ 32). After the PDL wait, lane k of each warp reads the filter of row
+// k (one coalesced load of the ids), a ballot gathers the kept rows, and the warp then works
+// through the kept rows only: a skipped row costs one lane one id load instead of costing a
+// block. Launches without kEarlyTrigger release dependents at exit. The default rounding is held
+// to 32 registers (8 CTAs per SM, as the general kernel; no spills), the rounding form to 40.
+// Measured on the H100 (S7-3, silu bf16, skip 0 / 50 / 90 % of the rows, tile 2 against the
+// general kernel): 8192×8192 66.8 / 37.0 / 20.6 µs → 67.4 / 35.5 / 11.9; 40 registers instead of
+// 32 gave 67.1 / 36.2 / 12.0; prefetching the next kept rows into L2 (prefetch.global.L2) was
+// 8-25 % slower at skip 0 (S7-2); loading the next kept row before computing the current one
+// (software pipelining, 40 registers) was slower at skip 90 % (S7-4).
+template <typename T, int kAct, bool kRound, bool kPdl>
+__global__ void __launch_bounds__(kiln_act::kThreads, kRound ? 6 : 8) act_and_mul_tiled_kernel(const kiln_act::Params p) {
+  using namespace kiln_act;
+  constexpr int N = kiln::kVec16<T>;
+  using V = kiln::Vec<T, N>;
+  const long long first_row =
+      (static_cast<long long>(blockIdx.z) * gridDim.y + blockIdx.y) * (static_cast<long long>(blockDim.y) * p.tile) + threadIdx.y;
+  kiln::pdl_wait<kPdl>();
+  if (p.flags & kEarlyTrigger) kiln::pdl_launch_dependents<kPdl>();
+  const int lane = static_cast<int>(threadIdx.x & 31);
+  const long long mine = first_row + static_cast<long long>(lane) * blockDim.y;
+  unsigned kept = __ballot_sync(0xffffffffu, lane < p.tile && mine < p.rows && !row_skipped(p, mine));
+  const long long c = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (!kept || c >= static_cast<long long>(static_cast<unsigned long long>(p.d) / N)) return;
+  const T* __restrict__ in = static_cast<const T*>(p.in) + first_row * p.in_stride + c * N;
+  T* __restrict__ out = static_cast<T*>(p.out) + first_row * p.out_stride + c * N;
+  const long long in_step = static_cast<long long>(blockDim.y) * p.in_stride;
+  const long long out_step = static_cast<long long>(blockDim.y) * p.out_stride;
+  while (kept) {
+    const int k = __ffs(kept) - 1;
+    kept &= kept - 1;
+    const T* gate = in + k * in_step;
+    const V g = kiln::load_vec<T, N>(gate), u = kiln::load_vec<T, N>(gate + p.d);
+    V r;
+    unit<T, N, kAct, kRound, false>(r, g, u, p.clamp);
+    kiln::store_vec_stream<T, N>(out + k * out_step, r);
+  }
 }

@@ -2,10 +2,10 @@
 //! the kernel writes completely.
 
 use kiln_runtime::cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, SyncOnDrop};
-use kiln_runtime::{Error, KernelSpec, Result, Runtime};
+use kiln_runtime::{Error, Result, Runtime};
 
-use crate::plan::{Plan, disjoint, launch_config, vector_path, wide_allowed};
-use crate::{Float, Options};
+use crate::plan::{Plan, disjoint, filter_tile, launch_config, tiled_geometry, vector_path, wide_allowed};
+use crate::{Float, Kernels, Options};
 
 /// Mirror of `kiln_act::Params` in `cuda/activation.cuh` (same order, same sizes).
 #[repr(C)]
@@ -24,10 +24,11 @@ struct Params {
     num_valid_tokens: i32,
     clamp: f32,
     flags: i32,
+    tile: i32,
 }
 
 /// `sizeof(kiln_act::Params)`; the T1 suite checks it against the PTX `.param` declaration.
-pub(crate) const PARAMS_BYTES: usize = 88;
+pub(crate) const PARAMS_BYTES: usize = 96;
 const _: () = assert!(std::mem::size_of::<Params>() == PARAMS_BYTES);
 
 fn ptr_of<'a>(buf: Option<&'a dyn DevicePtr<i32>>, stream: &'a kiln_runtime::cudarc::driver::CudaStream) -> (u64, Option<SyncOnDrop<'a>>) {
@@ -40,12 +41,13 @@ fn ptr_of<'a>(buf: Option<&'a dyn DevicePtr<i32>>, stream: &'a kiln_runtime::cud
     }
 }
 
-/// Launches the general kernel `spec` for a validated `plan` on the runtime's stream, or `wide`
-/// (the kernel without filter code) when the launch is unfiltered and takes the vector path.
+/// Launches one of `kernels` for a validated `plan` on the runtime's stream: the wide kernel (no
+/// filter code) for unfiltered vector-path launches, the tiled one for filtered vector-path
+/// launches of many blocks, else the general kernel.
 pub(crate) fn launch<T: Float>(
     rt: &Runtime,
     op: &'static str,
-    (spec, wide): (&KernelSpec, Option<&KernelSpec>),
+    kernels: &Kernels,
     plan: &Plan,
     input: &impl DevicePtr<T>,
     out: &mut impl DevicePtrMut<T>,
@@ -61,11 +63,17 @@ pub(crate) fn launch<T: Float>(
     let (sorted_token_ids, _sorted_guard) = ptr_of(opts.sorted.map(|s| s.sorted_token_ids), stream);
     let (num_tokens_post_padded, _npp_guard) = ptr_of(opts.sorted.map(|s| s.num_tokens_post_padded), stream);
     disjoint(op, in_addr, in_len, out_addr, out_len, elem)?;
-    let (cfg, flags) = launch_config(plan, vector_path(plan, in_addr, out_addr, elem), elem);
+    let (mut cfg, flags) = launch_config(plan, vector_path(plan, in_addr, out_addr, elem), elem);
     // The wide kernel has no filter and no element-wise path: only unfiltered vector launches.
-    let spec = match wide {
+    // Filtered vector launches of many blocks take the tiled kernel (see `filter_tile`).
+    let tile = filter_tile(flags, &cfg, plan.filter_tile);
+    let spec = match kernels.wide {
         Some(w) if wide_allowed(flags) => w,
-        _ => spec,
+        _ if tile > 1 => {
+            cfg = tiled_geometry(&cfg, plan.rows, tile);
+            kernels.tiled
+        }
+        _ => kernels.general,
     };
     let kernel = rt.kernel(spec)?;
     let params = Params {
@@ -82,6 +90,7 @@ pub(crate) fn launch<T: Float>(
         num_valid_tokens: plan.num_valid_tokens,
         clamp: plan.clamp,
         flags,
+        tile: tile as i32,
     };
     // SAFETY: `Params` mirrors the kernel's single parameter (size asserted above and against the
     // PTX in T1). `validate` checked that `input` holds (rows-1)·in_row_stride + 2d elements and
@@ -94,8 +103,10 @@ pub(crate) fn launch<T: Float>(
     // aligned and `d` and both strides multiples of the vector width, and FLAG_PREFETCH only on
     // that path without a filter (the bulk prefetches stay inside each row's gate and up), and the
     // wide kernel (which trusts FLAG_VECTOR and reads no ids) runs only with FLAG_VECTOR and no
-    // filter flag. The buffers are borrowed for this call and their guards live until the launch
-    // is queued on the same stream.
+    // filter flag, and the tiled kernel (which trusts FLAG_VECTOR too, and that a warp lies in one
+    // thread row) only where `filter_tile` found FLAG_VECTOR, a filter and blockDim.x ≥ 32, with
+    // `tiled_geometry` covering every row with tile ≤ 32 rows per thread row. The buffers are
+    // borrowed for this call and their guards live until the launch is queued on the same stream.
     unsafe { rt.launch(&kernel, cfg).run(&params) }
 }
 

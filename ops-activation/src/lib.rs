@@ -198,6 +198,7 @@ pub struct Options<'a> {
     expert: Option<ExpertFilter<'a>>,
     sorted: Option<SortedFilter<'a>>,
     clamp_limit: Option<f32>,
+    filter_tile: Option<usize>,
 }
 
 impl std::fmt::Debug for Options<'_> {
@@ -209,6 +210,7 @@ impl std::fmt::Debug for Options<'_> {
             .field("sorted_token_ids_len", &self.sorted.map(|s| s.sorted_token_ids.len()))
             .field("num_valid_tokens", &self.sorted.map(|s| s.num_valid_tokens))
             .field("clamp_limit", &self.clamp_limit)
+            .field("filter_tile", &self.filter_tile)
             .finish()
     }
 }
@@ -254,6 +256,16 @@ impl<'a> Options<'a> {
         self
     }
 
+    /// Filtered launches only, for tests and benchmarks: the rows per thread row of the tiled
+    /// kernel (`1..=32`; 1 runs the general kernel) instead of the size-based choice. Where the
+    /// tiled kernel does not apply (scalar path, rows narrower than 32 vectors, no filter) it is
+    /// ignored. The results are the same for every value.
+    #[doc(hidden)]
+    pub fn filter_tile(mut self, tile: usize) -> Self {
+        self.filter_tile = Some(tile);
+        self
+    }
+
     fn filtered(&self) -> bool {
         self.expert.is_some() || self.sorted.is_some()
     }
@@ -277,7 +289,7 @@ fn spec_index(dt: DtypeId, act: Activation, rounding: Rounding, pdl: bool) -> us
     ((dtype_index(dt) * 3 + act.index()) * 2 + (rounding == Rounding::Activation) as usize) * 2 + pdl as usize
 }
 
-fn make_spec(dt: DtypeId, act: Activation, rounding: Rounding, pdl: bool) -> KernelSpec {
+fn make_spec(dt: DtypeId, act: Activation, rounding: Rounding, pdl: bool, tiled: bool) -> KernelSpec {
     let round = rounding == Rounding::Activation;
     let variant = match (round, pdl) {
         (false, false) => "",
@@ -285,10 +297,11 @@ fn make_spec(dt: DtypeId, act: Activation, rounding: Rounding, pdl: bool) -> Ker
         (true, false) => "__round",
         (true, true) => "__round_pdl",
     };
-    let expr = template_expr("act_and_mul_kernel", &[dt.into(), TemplateArg::Int(act.index() as i64), round.into(), pdl.into()]);
+    let (kernel, tag) = if tiled { ("act_and_mul_tiled_kernel", "__tiled") } else { ("act_and_mul_kernel", "") };
+    let expr = template_expr(kernel, &[dt.into(), TemplateArg::Int(act.index() as i64), round.into(), pdl.into()]);
     // The rounding form must reproduce PyTorch eager bit for bit: IEEE division, precise libm.
     let math = if round { MathPolicy::Fixed(FastMath::PRECISE) } else { MathPolicy::ArchDefault };
-    KernelSpec::new(format!("{}__{}{variant}", act.op(), dt.tag()), &SOURCE, expr).pdl(pdl).math(math)
+    KernelSpec::new(format!("{}__{}{tag}{variant}", act.op(), dt.tag()), &SOURCE, expr).pdl(pdl).math(math)
 }
 
 /// The kernel of unfiltered vector-path launches of silu / gelu_tanh in the default rounding on
@@ -305,18 +318,26 @@ fn wide_index(dt: DtypeId, act: Activation, rounding: Rounding, pdl: bool) -> Op
     (rounding == Rounding::Once).then_some(GENERAL_SPECS + (d * 2 + a) * 2 + pdl as usize)
 }
 
-/// Specs of the general kernel (dtype × activation × rounding × PDL); the wide ones follow.
+/// The tiled kernel of filtered vector-path launches (`act_and_mul_tiled_kernel`, see
+/// activation.cuh): its index in `SPECS`, after the general and the wide kernels.
+fn tiled_index(dt: DtypeId, act: Activation, rounding: Rounding, pdl: bool) -> usize {
+    GENERAL_SPECS + WIDE_SPECS + spec_index(dt, act, rounding, pdl)
+}
+
+/// Specs of the general kernel (dtype × activation × rounding × PDL); the wide ones follow, then
+/// the tiled ones (as many as the general).
 const GENERAL_SPECS: usize = 36;
+const WIDE_SPECS: usize = 8;
 const WIDE_DTYPES: [DtypeId; 2] = [DtypeId::F16, DtypeId::Bf16];
 
 static SPECS: LazyLock<Vec<KernelSpec>> = LazyLock::new(|| {
-    let mut v = Vec::with_capacity(GENERAL_SPECS + 8);
+    let mut v = Vec::with_capacity(2 * GENERAL_SPECS + WIDE_SPECS);
     for dt in DTYPES {
         for act in Activation::ALL {
             for rounding in [Rounding::Once, Rounding::Activation] {
                 for pdl in [false, true] {
                     debug_assert_eq!(v.len(), spec_index(dt, act, rounding, pdl));
-                    v.push(make_spec(dt, act, rounding, pdl));
+                    v.push(make_spec(dt, act, rounding, pdl, false));
                 }
             }
         }
@@ -332,6 +353,16 @@ static SPECS: LazyLock<Vec<KernelSpec>> = LazyLock::new(|| {
             }
         }
     }
+    for dt in DTYPES {
+        for act in Activation::ALL {
+            for rounding in [Rounding::Once, Rounding::Activation] {
+                for pdl in [false, true] {
+                    debug_assert_eq!(v.len(), tiled_index(dt, act, rounding, pdl));
+                    v.push(make_spec(dt, act, rounding, pdl, true));
+                }
+            }
+        }
+    }
     v
 });
 
@@ -342,8 +373,9 @@ pub fn kernel_specs() -> Vec<KernelSpec> {
     SPECS.clone()
 }
 
-/// The spec of the general kernel a call with these settings launches on `rt` (filtered,
-/// unaligned, f32, gelu or activation-rounding launches; see [`wide_spec_for`] for the others).
+/// The spec of the general kernel a call with these settings launches on `rt` (unaligned, f32,
+/// gelu or activation-rounding launches, and filtered ones that [`tiled_spec_for`] does not
+/// take; see [`wide_spec_for`] for the others).
 pub fn spec_for<T: Float>(rt: &Runtime, act: Activation, rounding: Rounding) -> &'static KernelSpec {
     &SPECS[spec_index(T::ID, act, rounding, rt.pdl_enabled())]
 }
@@ -352,6 +384,27 @@ pub fn spec_for<T: Float>(rt: &Runtime, act: Activation, rounding: Rounding) -> 
 /// `rt`, if there is one (silu and gelu_tanh in the default rounding on f16 / bf16).
 pub fn wide_spec_for<T: Float>(rt: &Runtime, act: Activation, rounding: Rounding) -> Option<&'static KernelSpec> {
     wide_index(T::ID, act, rounding, rt.pdl_enabled()).map(|i| &SPECS[i])
+}
+
+/// The spec of the tiled kernel that filtered 16-byte-aligned calls with these settings launch on
+/// `rt` when a row spans at least 32 vectors (`d ≥ 32·16/size_of::<T>()` elements).
+pub fn tiled_spec_for<T: Float>(rt: &Runtime, act: Activation, rounding: Rounding) -> &'static KernelSpec {
+    &SPECS[tiled_index(T::ID, act, rounding, rt.pdl_enabled())]
+}
+
+/// The kernels one call may launch (the choice depends on pointers and sizes).
+pub(crate) struct Kernels {
+    pub(crate) general: &'static KernelSpec,
+    pub(crate) wide: Option<&'static KernelSpec>,
+    pub(crate) tiled: &'static KernelSpec,
+}
+
+fn kernels_for<T: Float>(rt: &Runtime, act: Activation, rounding: Rounding) -> Kernels {
+    Kernels {
+        general: spec_for::<T>(rt, act, rounding),
+        wide: wide_spec_for::<T>(rt, act, rounding),
+        tiled: tiled_spec_for::<T>(rt, act, rounding),
+    }
 }
 
 /// Size in bytes of the by-value parameter struct of `spec`'s kernel; the snapshot suite checks
@@ -393,6 +446,7 @@ fn request<T: Float>(
         expert: opts.expert.map(|e| (e.ids.len(), e.step)),
         sorted: opts.sorted.map(|s| (s.sorted_token_ids.len(), s.num_tokens_post_padded.len(), s.num_valid_tokens)),
         clamp: opts.clamp_limit.map(|l| (l, effective_clamp_limit::<T>(l))),
+        filter_tile: opts.filter_tile,
     }
 }
 
@@ -439,8 +493,7 @@ fn run<T: Float>(
     let req = request::<T>(op, act, shape, input.len(), out.len(), exact, opts);
     let Some(plan) = validate(&req)? else { return Ok(()) };
     check_contexts::<T>(op, rt, input, Some(out as &dyn DeviceSlice<T>), opts)?;
-    let specs = (spec_for::<T>(rt, act, opts.rounding), wide_spec_for::<T>(rt, act, opts.rounding));
-    ffi::launch::<T>(rt, op, specs, &plan, input, out, opts)
+    ffi::launch::<T>(rt, op, &kernels_for::<T>(rt, act, opts.rounding), &plan, input, out, opts)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -495,8 +548,7 @@ pub fn act_and_mul_alloc<T: Float>(
     };
     check_contexts::<T>(op, rt, input, None, opts)?;
     let mut out = ffi::alloc_fully_written::<T>(rt, n)?;
-    let specs = (spec_for::<T>(rt, act, opts.rounding), wide_spec_for::<T>(rt, act, opts.rounding));
-    ffi::launch::<T>(rt, op, specs, &plan, input, &mut out, opts)?;
+    ffi::launch::<T>(rt, op, &kernels_for::<T>(rt, act, opts.rounding), &plan, input, &mut out, opts)?;
     Ok(out)
 }
 

@@ -5,7 +5,18 @@ use crate::plan::*;
 use kiln_runtime::LaunchConfig;
 
 fn req(shape: Shape, in_len: usize, out_len: usize) -> Request {
-    Request { op: "silu_and_mul", act: Activation::Silu, shape, in_len, out_len, exact: false, expert: None, sorted: None, clamp: None }
+    Request {
+        op: "silu_and_mul",
+        act: Activation::Silu,
+        shape,
+        in_len,
+        out_len,
+        exact: false,
+        expert: None,
+        sorted: None,
+        clamp: None,
+        filter_tile: None,
+    }
 }
 
 fn contiguous(rows: usize, d: usize) -> Request {
@@ -101,7 +112,7 @@ fn clamp_is_checked() {
 }
 
 fn plan(rows: u64, d: u64, in_stride: u64, out_stride: u64) -> Plan {
-    Plan { rows, d, in_stride, out_stride, expert_step: 1, num_valid_tokens: 0, clamp: 0.0, filter_flags: 0 }
+    Plan { rows, d, in_stride, out_stride, expert_step: 1, num_valid_tokens: 0, clamp: 0.0, filter_flags: 0, filter_tile: None }
 }
 
 #[test]
@@ -229,7 +240,7 @@ fn overlapping_buffers_are_rejected() {
 #[test]
 fn spec_table_is_complete_and_indexed() {
     let specs = kernel_specs();
-    assert_eq!(specs.len(), GENERAL_SPECS + 8);
+    assert_eq!(specs.len(), GENERAL_SPECS + WIDE_SPECS + GENERAL_SPECS);
     let mut names = std::collections::HashSet::new();
     for dt in DTYPES {
         for act in Activation::ALL {
@@ -266,7 +277,23 @@ fn spec_table_is_complete_and_indexed() {
             }
         }
     }
+    for dt in DTYPES {
+        for act in Activation::ALL {
+            for rounding in [Rounding::Once, Rounding::Activation] {
+                for pdl in [false, true] {
+                    let general = &specs[spec_index(dt, act, rounding, pdl)];
+                    let s = &specs[tiled_index(dt, act, rounding, pdl)];
+                    assert!(names.insert(s.name().to_string()));
+                    assert_eq!(s.name(), general.name().replacen(dt.tag(), &format!("{}__tiled", dt.tag()), 1));
+                    assert_eq!((s.is_pdl(), s.math_policy()), (pdl, general.math_policy()));
+                    let round = rounding == Rounding::Activation;
+                    assert_eq!(s.expr(), format!("act_and_mul_tiled_kernel<{}, {}, {round}, {pdl}>", dt.cpp(), act as usize));
+                }
+            }
+        }
+    }
     assert_eq!(names.len(), specs.len());
+    assert_eq!(specs[tiled_index(DtypeId::Bf16, Activation::Silu, Rounding::Once, true)].name(), "silu_and_mul__bf16__tiled__pdl");
     assert_eq!(
         specs[wide_index(DtypeId::Bf16, Activation::GeluTanh, Rounding::Once, true).unwrap()].name(),
         "gelu_tanh_and_mul__bf16__wide__pdl"
@@ -285,4 +312,47 @@ fn wide_kernel_only_for_unfiltered_vector_launches() {
     assert!(!wide_allowed(FLAG_EARLY_TRIGGER));
     assert!(!wide_allowed(FLAG_VECTOR | FLAG_EXPERT));
     assert!(!wide_allowed(FLAG_VECTOR | FLAG_SORTED));
+}
+
+#[test]
+fn tiled_kernel_for_large_filtered_vector_launches() {
+    let filtered = |rows, d| Plan { filter_flags: FLAG_EXPERT, ..plan(rows, d, 2 * d, d) };
+    let tile_of = |p: &Plan, vector: bool, elem: usize| {
+        let (cfg, flags) = launch_config(p, vector, elem);
+        filter_tile(flags, &cfg, p.filter_tile)
+    };
+    // bf16 d = 4096: 2 column blocks; 2048 rows = 4096 blocks → tile 2, 2047 rows → general.
+    assert_eq!(tile_of(&filtered(2048, 4096), true, 2), TILE);
+    assert_eq!(tile_of(&filtered(2047, 4096), true, 2), 1);
+    assert_eq!(tile_of(&filtered(16384, 14336), true, 2), TILE);
+    // Unfiltered, scalar path, half vectors or thread rows narrower than a warp: never.
+    assert_eq!(tile_of(&plan(16384, 4096, 8192, 4096), true, 2), 1);
+    assert_eq!(tile_of(&filtered(16384, 4096), false, 2), 1);
+    assert_eq!(tile_of(&Plan { filter_tile: Some(4), ..filtered(1, 4096) }, true, 2), 1); // 16 KiB: half vectors
+    assert_eq!(tile_of(&Plan { filter_tile: Some(4), ..filtered(100000, 128) }, true, 2), 1); // 16 vectors per row
+    // 32 vectors per row (bf16 d = 256) is a whole warp; a forced tile wins over the size rule.
+    assert_eq!(tile_of(&Plan { filter_tile: Some(3), ..filtered(64, 256) }, true, 2), 3);
+    assert_eq!(tile_of(&Plan { filter_tile: Some(1), ..filtered(16384, 4096) }, true, 2), 1);
+    assert_eq!(tile_of(&Plan { filter_tile: Some(32), ..filtered(7, 4096) }, true, 4), 32);
+    // Sorted filters too.
+    assert_eq!(tile_of(&Plan { filter_flags: FLAG_SORTED, ..filtered(4096, 4096) }, true, 2), TILE);
+
+    // The grid covers every row: ceil(rows / (ty · tile)) row blocks, split over y and z.
+    let (cfg, _) = launch_config(&filtered(4099, 4096), true, 2);
+    let t = tiled_geometry(&cfg, 4099, 2);
+    assert_eq!((t.grid, t.block), ((2, 2050, 1), (256, 1, 1)));
+    let (cfg, _) = launch_config(&filtered(1 << 22, 256), true, 2);
+    assert_eq!(cfg.block, (32, 8, 1));
+    let t = tiled_geometry(&cfg, 1 << 22, 3);
+    let row_blocks = (1u64 << 22).div_ceil(24);
+    assert_eq!((t.grid.0, t.grid.1, t.grid.2), (1, 65535, 3));
+    assert!(t.grid.1 as u64 * t.grid.2 as u64 >= row_blocks && (t.grid.2 as u64 - 1) * 65535 < row_blocks);
+}
+
+#[test]
+fn filter_tile_is_checked() {
+    let base = Request { expert: Some((16, 1)), ..contiguous(16, 4096) };
+    assert_eq!(validate(&Request { filter_tile: Some(32), ..base }).unwrap().unwrap().filter_tile, Some(32));
+    assert!(err(&Request { filter_tile: Some(0), ..base }).contains("filter_tile=0"));
+    assert!(err(&Request { filter_tile: Some(33), ..base }).contains("filter_tile=33 (must be 1..=32)"));
 }

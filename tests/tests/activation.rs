@@ -312,17 +312,21 @@ fn clamp<T: Elem>() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Random `-1` ids (≈ 40 %), step 1 and 16, vector and scalar paths.
-fn expert_filter<T: Elem>(rows: usize, d: usize, step: usize, misalign: usize) -> anyhow::Result<()> {
+/// Random `-1` ids (≈ 40 %) on case `c` with `expert_step` `step`; `tile` forces the tiled
+/// kernel's rows per thread row (else the size rule picks the kernel).
+fn expert_filter<T: Elem>(c: Case, step: usize, tile: Option<usize>) -> anyhow::Result<()> {
     let rt = rt()?;
     let s = seed();
     let mut rng = Rng::new(s);
-    let c = Case::new(Activation::Silu, rows, d).strided(2 * d, d, misalign, 0);
     let mut data = prepare::<T>(&rt, &c, &mut rng)?;
-    let n_ids = rows.div_ceil(step);
+    let n_ids = c.rows.div_ceil(step);
     let ids: Vec<i32> = (0..n_ids).map(|_| if rng.uniform() < 0.4 { -1 } else { rng.below(8) as i32 }).collect();
     let dev_ids = upload(&rt, &ids)?;
-    launch(&rt, &c, &mut data, &Options::new().expert_filter(&dev_ids, step))?;
+    let mut opts = options(&c).expert_filter(&dev_ids, step);
+    if let Some(t) = tile {
+        opts = opts.filter_tile(t);
+    }
+    launch(&rt, &c, &mut data, &opts)?;
     let got = download(&rt, &data.out)?;
     let kept = |r: usize| ids[r / step] != -1;
     let t = verify(&c, &data.host, &got, &kept, s)?;
@@ -369,7 +373,7 @@ fn none_skipped<T: Elem>() -> anyhow::Result<()> {
 
 /// Block-aligned MoE layout: rows past `num_tokens_post_padded`, padding sentinels
 /// (`sorted_token_ids[r] >= num_valid_tokens`) and `-1` experts are skipped.
-fn sorted_filter<T: Elem>(blocks: usize, block: usize, d: usize, with_experts: bool) -> anyhow::Result<()> {
+fn sorted_filter<T: Elem>(blocks: usize, block: usize, d: usize, with_experts: bool, tile: Option<usize>) -> anyhow::Result<()> {
     let rt = rt()?;
     let s = seed();
     let mut rng = Rng::new(s);
@@ -391,6 +395,9 @@ fn sorted_filter<T: Elem>(blocks: usize, block: usize, d: usize, with_experts: b
     let mut opts = Options::new().sorted_filter(&dev_sorted, &dev_npp, num_valid);
     if with_experts {
         opts = opts.expert_filter(&dev_experts, block);
+    }
+    if let Some(t) = tile {
+        opts = opts.filter_tile(t);
     }
     launch(&rt, &c, &mut data, &opts)?;
     let got = download(&rt, &data.out)?;
@@ -557,6 +564,10 @@ fn errors() -> anyhow::Result<()> {
     Ok(())
 }
 
+fn silu(rows: usize, d: usize) -> Case {
+    Case::new(Activation::Silu, rows, d)
+}
+
 fn main() {
     let mut t = numeric_trials();
     for act_kind in Activation::ALL {
@@ -567,26 +578,40 @@ fn main() {
         );
     }
     t.extend(dtype_trials("silu_and_mul::clamp", |dt| by_dtype!(dt, clamp)));
-    t.extend(dtype_trials("filter::random_step1", |dt| by_dtype!(dt, expert_filter, 83, 1024, 1, 0)));
-    t.extend(dtype_trials("filter::random_step16_scalar", |dt| by_dtype!(dt, expert_filter, 256, 2048, 16, 1)));
-    t.extend(dtype_trials("filter::random_large", |dt| by_dtype!(dt, expert_filter, 1024, 4096, 1, 0)));
+    t.extend(dtype_trials("filter::random_step1", |dt| by_dtype!(dt, expert_filter, silu(83, 1024), 1, None)));
+    t.extend(dtype_trials("filter::random_step16_scalar", |dt| {
+        by_dtype!(dt, expert_filter, silu(256, 2048).strided(4096, 2048, 1, 0), 16, None)
+    }));
+    t.extend(dtype_trials("filter::random_large", |dt| by_dtype!(dt, expert_filter, silu(1024, 4096), 1, None)));
+    // The tiled kernel: by the size rule (≥ 4096 blocks), and forced with odd tiles, strides,
+    // steps, every activation and the rounding form.
+    t.extend(dtype_trials("filter::tiled_by_size", |dt| by_dtype!(dt, expert_filter, silu(4099, 2048), 1, None)));
+    t.extend(dtype_trials("filter::tiled3_step5_strided", |dt| {
+        by_dtype!(dt, expert_filter, Case::new(Activation::GeluTanh, 203, 512).strided(1040, 520, 8, 8), 5, Some(3))
+    }));
+    t.extend(dtype_trials("filter::tiled32_gelu", |dt| by_dtype!(dt, expert_filter, Case::new(Activation::Gelu, 1000, 256), 1, Some(32))));
+    t.extend(dtype_trials("filter::tiled7_rounding", |dt| {
+        by_dtype!(dt, expert_filter, silu(301, 768).rounding(Rounding::Activation), 2, Some(7))
+    }));
+    t.extend(dtype_trials("filter::sorted_tiled5", |dt| by_dtype!(dt, sorted_filter, 24, 16, 512, true, Some(5))));
     t.extend(dtype_trials("filter::all_skipped", |dt| by_dtype!(dt, all_skipped)));
     t.extend(dtype_trials("filter::none_skipped", |dt| by_dtype!(dt, none_skipped)));
-    t.extend(dtype_trials("filter::sorted", |dt| by_dtype!(dt, sorted_filter, 24, 16, 512, true)));
-    t.extend(dtype_trials("filter::sorted_only", |dt| by_dtype!(dt, sorted_filter, 10, 64, 100, false)));
+    t.extend(dtype_trials("filter::sorted", |dt| by_dtype!(dt, sorted_filter, 24, 16, 512, true, None)));
+    t.extend(dtype_trials("filter::sorted_only", |dt| by_dtype!(dt, sorted_filter, 10, 64, 100, false, None)));
     t.extend(dtype_trials("packed_and_allocating", |dt| by_dtype!(dt, packed_and_allocating)));
     t.extend(dtype_trials("without_pdl", |dt| by_dtype!(dt, without_pdl)));
     t.extend(dtype_trials("pdl_chain", |dt| by_dtype!(dt, pdl_chain, 4096, 2048, 3)));
     t.push(trial("t2::activation::errors", Need::Gpu, errors));
     // Small and cheap: the GPU CI runs exactly these under compute-sanitizer memcheck/racecheck.
     type Check = fn() -> anyhow::Result<()>;
-    let sanitize: [(&str, Check); 8] = [
+    let sanitize: [(&str, Check); 9] = [
         ("vector_bf16", || run_case::<bf16>(Case::new(Activation::Silu, 17, 4096))),
         ("scalar_f16", || run_case::<f16>(Case::new(Activation::Gelu, 9, 3))),
         ("strided_f32", || run_case::<f32>(Case::new(Activation::GeluTanh, 9, 100).strided(203, 107, 3, 5))),
         ("rounding_f16", || run_case::<f16>(Case::new(Activation::Silu, 7, 1001).rounding(Rounding::Activation))),
-        ("expert_filter", || expert_filter::<bf16>(33, 256, 4, 1)),
-        ("sorted_filter", || sorted_filter::<bf16>(6, 16, 72, true)),
+        ("expert_filter", || expert_filter::<bf16>(Case::new(Activation::Silu, 33, 256).strided(512, 256, 1, 0), 4, None)),
+        ("tiled_filter", || expert_filter::<bf16>(Case::new(Activation::Silu, 45, 256), 1, Some(4))),
+        ("sorted_filter", || sorted_filter::<bf16>(6, 16, 72, true, None)),
         ("pdl_chain", || pdl_chain::<bf16>(16, 256, 1)),
         ("errors", errors),
     ];

@@ -5,7 +5,7 @@
 //! only the rows computed).
 
 use half::bf16;
-use kiln_activation::{Activation, Options, Rounding, Shape, act_and_mul, act_and_mul_with, spec_for, wide_spec_for};
+use kiln_activation::{Activation, Options, Rounding, Shape, act_and_mul, act_and_mul_with, spec_for, tiled_spec_for, wide_spec_for};
 use kiln_runtime::cudarc::driver::CudaSlice;
 
 use kiln_tests::data::Rng;
@@ -49,6 +49,7 @@ pub fn run(c: &mut Ctx) -> anyhow::Result<()> {
     for act in [Activation::Silu, Activation::GeluTanh] {
         specs.push(spec_for::<bf16>(&rt, act, Rounding::Once).clone());
         specs.extend(wide_spec_for::<bf16>(&rt, act, Rounding::Once).cloned());
+        specs.push(tiled_spec_for::<bf16>(&rt, act, Rounding::Once).clone());
     }
     rt.preload(&specs)?;
     let tokens: &[usize] = if c.quick { &[1, 32, 256, 2048, 8192] } else { &[1, 8, 32, 128, 512, 2048, 8192, 16384] };
