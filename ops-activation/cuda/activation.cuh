@@ -61,6 +61,7 @@ enum : int {
   kPrefetch = 8,
   kEarlyTrigger = 16,
   kHalfVector = 32,
+  kIdsEarly = 64,
 };
 
 struct Params {
@@ -324,11 +325,26 @@ __global__ void __launch_bounds__(kiln_act::kThreads, kRound ? 6 : 8) act_and_mu
   using V = kiln::Vec<T, N>;
   const long long first_row =
       (static_cast<long long>(blockIdx.z) * gridDim.y + blockIdx.y) * (static_cast<long long>(blockDim.y) * p.tile) + threadIdx.y;
-  kiln::pdl_wait<kPdl>();
-  if (p.flags & kEarlyTrigger) kiln::pdl_launch_dependents<kPdl>();
   const int lane = static_cast<int>(threadIdx.x & 31);
   const long long mine = first_row + static_cast<long long>(lane) * blockDim.y;
-  unsigned kept = __ballot_sync(0xffffffffu, lane < p.tile && mine < p.rows && !row_skipped(p, mine));
+  // kIdsEarly (the caller vouches that the ids are final before this kernel starts): the ids
+  // before the wait, and with kPrefetch the kept rows into L2 while the predecessor runs.
+  unsigned kept = 0;
+  if (p.flags & kIdsEarly) {
+    kept = __ballot_sync(0xffffffffu, lane < p.tile && mine < p.rows && !row_skipped(p, mine));
+    if constexpr (kPdl) {
+      if ((p.flags & kPrefetch) && threadIdx.x == 0) {
+        for (unsigned rest = kept; rest; rest &= rest - 1) {
+          prefetch_l2<T, N>(p, first_row + static_cast<long long>(__ffs(rest) - 1) * blockDim.y);
+        }
+      }
+    }
+  }
+  kiln::pdl_wait<kPdl>();
+  if (p.flags & kEarlyTrigger) kiln::pdl_launch_dependents<kPdl>();
+  if (!(p.flags & kIdsEarly)) {
+    kept = __ballot_sync(0xffffffffu, lane < p.tile && mine < p.rows && !row_skipped(p, mine));
+  }
   const long long c = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (!kept || c >= static_cast<long long>(static_cast<unsigned long long>(p.d) / N)) return;
   const T* __restrict__ in = static_cast<const T*>(p.in) + first_row * p.in_stride + c * N;

@@ -4,7 +4,7 @@
 use kiln_runtime::cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, SyncOnDrop};
 use kiln_runtime::{Error, Result, Runtime};
 
-use crate::plan::{Plan, disjoint, filter_tile, launch_config, tiled_geometry, vector_path, wide_allowed};
+use crate::plan::{Plan, disjoint, filter_tile, launch_config, tiled_flags, tiled_geometry, vector_path, wide_allowed};
 use crate::{Float, Kernels, Options};
 
 /// Mirror of `kiln_act::Params` in `cuda/activation.cuh` (same order, same sizes).
@@ -63,14 +63,15 @@ pub(crate) fn launch<T: Float>(
     let (sorted_token_ids, _sorted_guard) = ptr_of(opts.sorted.map(|s| s.sorted_token_ids), stream);
     let (num_tokens_post_padded, _npp_guard) = ptr_of(opts.sorted.map(|s| s.num_tokens_post_padded), stream);
     disjoint(op, in_addr, in_len, out_addr, out_len, elem)?;
-    let (mut cfg, flags) = launch_config(plan, vector_path(plan, in_addr, out_addr, elem), elem);
+    let (mut cfg, mut flags) = launch_config(plan, vector_path(plan, in_addr, out_addr, elem), elem);
     // The wide kernel has no filter and no element-wise path: only unfiltered vector launches.
     // Filtered vector launches of many blocks take the tiled kernel (see `filter_tile`).
-    let tile = filter_tile(flags, &cfg, plan.filter_tile);
-    let spec = match kernels.wide {
-        Some(w) if wide_allowed(flags) => w,
-        _ if tile > 1 => {
+    let tiled = filter_tile(flags, &cfg, plan);
+    let spec = match (kernels.wide, tiled) {
+        (Some(w), _) if wide_allowed(flags) => w,
+        (_, Some(tile)) => {
             cfg = tiled_geometry(&cfg, plan.rows, tile);
+            flags = tiled_flags(plan, flags, elem);
             kernels.tiled
         }
         _ => kernels.general,
@@ -90,7 +91,7 @@ pub(crate) fn launch<T: Float>(
         num_valid_tokens: plan.num_valid_tokens,
         clamp: plan.clamp,
         flags,
-        tile: tile as i32,
+        tile: tiled.unwrap_or(0) as i32,
     };
     // SAFETY: `Params` mirrors the kernel's single parameter (size asserted above and against the
     // PTX in T1). `validate` checked that `input` holds (rows-1)·in_row_stride + 2d elements and
@@ -105,7 +106,8 @@ pub(crate) fn launch<T: Float>(
     // wide kernel (which trusts FLAG_VECTOR and reads no ids) runs only with FLAG_VECTOR and no
     // filter flag, and the tiled kernel (which trusts FLAG_VECTOR too, and that a warp lies in one
     // thread row) only where `filter_tile` found FLAG_VECTOR, a filter and blockDim.x ≥ 32, with
-    // `tiled_geometry` covering every row with tile ≤ 32 rows per thread row. The buffers are
+    // `tiled_geometry` covering every row with tile ≤ 32 rows per thread row (its FLAG_PREFETCH,
+    // set with FLAG_IDS_EARLY only, prefetches kept rows, on the vector path). The buffers are
     // borrowed for this call and their guards live until the launch is queued on the same stream.
     unsafe { rt.launch(&kernel, cfg).run(&params) }
 }

@@ -11,7 +11,10 @@
 //!   `RN_T(f32(RN_T(act(g))) · u)` in IEEE arithmetic with PyTorch eager's operation order, i.e.
 //!   `F.silu(g).to(T) * u`.
 //! - Row filters ([`Options::expert_filter`], [`Options::sorted_filter`]): a skipped row is neither
-//!   read nor written, so its output keeps whatever it held. Ids are read after the PDL wait.
+//!   read nor written, so its output keeps whatever it held. Ids are read after the PDL wait, or
+//!   before it where the caller vouches that they are final ([`Options::ids_before_wait`]).
+//!   Large filtered launches take several rows per block and find the kept ones with one
+//!   coalesced read of their ids, so skipped rows cost almost nothing.
 //! - SiLU clamp ([`Options::clamp_limit`], gpt-oss style): gate clamped above, up to `±limit`.
 //! - Everything is checked before a launch ([`kiln_runtime::Error::InvalidArgument`] naming the
 //!   values); `rows == 0` or `d == 0` launches nothing. Work is stream-ordered on
@@ -33,6 +36,9 @@
 //! let ids = rt.stream().clone_htod(&vec![0i32; rows]).unwrap();
 //! let opts = Options::new().expert_filter(&ids, 1);
 //! act_and_mul_with(&rt, Activation::Silu, &x, &mut y, Shape::contiguous(rows, d), &opts)?;
+//! // The ids were written before the kernel that precedes this call: read them before the wait.
+//! let early = opts.ids_before_wait();
+//! act_and_mul_with(&rt, Activation::Silu, &x, &mut y, Shape::contiguous(rows, d), &early)?;
 //! # Ok::<(), kiln_runtime::Error>(())
 //! ```
 
@@ -199,6 +205,7 @@ pub struct Options<'a> {
     sorted: Option<SortedFilter<'a>>,
     clamp_limit: Option<f32>,
     filter_tile: Option<usize>,
+    ids_before_wait: bool,
 }
 
 impl std::fmt::Debug for Options<'_> {
@@ -211,6 +218,7 @@ impl std::fmt::Debug for Options<'_> {
             .field("num_valid_tokens", &self.sorted.map(|s| s.num_valid_tokens))
             .field("clamp_limit", &self.clamp_limit)
             .field("filter_tile", &self.filter_tile)
+            .field("ids_before_wait", &self.ids_before_wait)
             .finish()
     }
 }
@@ -256,8 +264,25 @@ impl<'a> Options<'a> {
         self
     }
 
+    /// Lets a filtered call read `expert_ids`, `sorted_token_ids` and `num_tokens_post_padded`
+    /// before its PDL wait, i.e. while the kernel before it on the stream may still run (as
+    /// SGLang always does), and prefetch the kept rows of inputs up to 16 MiB into L2 meanwhile.
+    ///
+    /// Only correct when those ids are final before that preceding kernel starts: in a MoE layer
+    /// the ids come from the routing / alignment kernels and the kernel before the activation is
+    /// the up-projection GEMM, which does not write them. If the kernel right before this call
+    /// writes the ids, the call may see stale ones (rows computed or skipped wrongly; no access
+    /// out of bounds, every index is still checked). Without PDL, or on launches that cannot
+    /// take the tiled kernel (scalar path, rows under 32 vectors, inputs under 64 KiB), the ids
+    /// are read after the wait as usual. No effect without a filter.
+    pub fn ids_before_wait(mut self) -> Self {
+        self.ids_before_wait = true;
+        self
+    }
+
     /// Filtered launches only, for tests and benchmarks: the rows per thread row of the tiled
-    /// kernel (`1..=32`; 1 runs the general kernel) instead of the size-based choice. Where the
+    /// kernel (`1..=32`; 1 runs the general kernel, unless [`Options::ids_before_wait`]) instead
+    /// of the size-based choice. Where the
     /// tiled kernel does not apply (scalar path, rows narrower than 32 vectors, no filter) it is
     /// ignored. The results are the same for every value.
     #[doc(hidden)]
@@ -447,6 +472,7 @@ fn request<T: Float>(
         sorted: opts.sorted.map(|s| (s.sorted_token_ids.len(), s.num_tokens_post_padded.len(), s.num_valid_tokens)),
         clamp: opts.clamp_limit.map(|l| (l, effective_clamp_limit::<T>(l))),
         filter_tile: opts.filter_tile,
+        ids_early: opts.ids_before_wait,
     }
 }
 

@@ -15,6 +15,7 @@ pub(crate) const FLAG_SORTED: i32 = 4;
 pub(crate) const FLAG_PREFETCH: i32 = 8;
 pub(crate) const FLAG_EARLY_TRIGGER: i32 = 16;
 pub(crate) const FLAG_HALF_VECTOR: i32 = 32;
+pub(crate) const FLAG_IDS_EARLY: i32 = 64;
 /// Inputs below this size make a latency-bound launch: smaller blocks (more SMs issue loads),
 /// and PDL dependents released only once the loads are issued. Measured on H100 (CUDA-graph
 /// replay): releasing them right after the wait costs ~0.25 µs on such launches and gains up
@@ -47,6 +48,8 @@ pub(crate) struct Request {
     pub(crate) clamp: Option<(f32, f32)>,
     /// [`crate::Options::filter_tile`].
     pub(crate) filter_tile: Option<usize>,
+    /// [`crate::Options::ids_before_wait`].
+    pub(crate) ids_early: bool,
 }
 
 /// What the kernel needs besides pointers, after validation.
@@ -62,6 +65,8 @@ pub(crate) struct Plan {
     pub(crate) filter_flags: i32,
     /// A forced tile of the tiled kernel ([`crate::Options::filter_tile`]), `1..=32`.
     pub(crate) filter_tile: Option<u32>,
+    /// The caller permits reading the ids before the PDL wait ([`crate::Options::ids_before_wait`]).
+    pub(crate) ids_early: bool,
 }
 
 pub(crate) fn mul(op: &'static str, a: usize, b: usize, what: &str) -> Result<usize> {
@@ -148,6 +153,7 @@ pub(crate) fn validate(r: &Request) -> Result<Option<Plan>> {
         clamp: r.clamp.map_or(0.0, |(_, e)| e),
         filter_flags: flags,
         filter_tile: r.filter_tile.map(|t| t as u32),
+        ids_early: r.ids_early && flags != 0,
     }))
 }
 
@@ -214,14 +220,27 @@ pub(crate) const MAX_TILE: u32 = 32;
 pub(crate) const TILED_MIN_BLOCKS: u64 = 4096;
 pub(crate) const TILE: u32 = 2;
 
-/// Rows per thread row for a launch of `cfg` with these kernel flags: 1 (the general kernel)
-/// unless [`tiled_allowed`]; then the forced tile, or [`TILE`] from [`TILED_MIN_BLOCKS`] blocks.
-pub(crate) fn filter_tile(flags: i32, cfg: &LaunchConfig, forced: Option<u32>) -> u32 {
+/// The tiled kernel's rows per thread row for a launch of `cfg` with these kernel flags, or
+/// `None` for the general kernel: `None` unless [`tiled_allowed`]; else the forced tile, or
+/// [`TILE`] from [`TILED_MIN_BLOCKS`] blocks, with a tile of 1 meaning the general kernel
+/// unless the ids may be read before the wait (only the tiled kernel does that).
+pub(crate) fn filter_tile(flags: i32, cfg: &LaunchConfig, plan: &Plan) -> Option<u32> {
     if !tiled_allowed(flags, cfg) {
-        return 1;
+        return None;
     }
     let blocks = cfg.grid.0 as u64 * cfg.grid.1 as u64 * cfg.grid.2 as u64;
-    forced.unwrap_or(if blocks >= TILED_MIN_BLOCKS { TILE } else { 1 })
+    let tile = plan.filter_tile.unwrap_or(if blocks >= TILED_MIN_BLOCKS { TILE } else { 1 });
+    (tile > 1 || plan.ids_early).then_some(tile)
+}
+
+/// Flags the tiled kernel adds to `flags`: with [`Plan::ids_early`], the ids before the PDL wait
+/// and, for inputs up to [`PREFETCH_MAX_BYTES`], the kept rows prefetched into L2 before it.
+pub(crate) fn tiled_flags(plan: &Plan, flags: i32, elem: usize) -> i32 {
+    if !plan.ids_early {
+        return flags;
+    }
+    let bytes = plan.rows * 2 * plan.d * elem as u64;
+    flags | FLAG_IDS_EARLY | if bytes <= PREFETCH_MAX_BYTES { FLAG_PREFETCH } else { 0 }
 }
 
 /// The grid of the tiled kernel: `cfg`'s blocks and column blocks, with each block taking

@@ -16,6 +16,7 @@ fn req(shape: Shape, in_len: usize, out_len: usize) -> Request {
         sorted: None,
         clamp: None,
         filter_tile: None,
+        ids_early: false,
     }
 }
 
@@ -112,7 +113,18 @@ fn clamp_is_checked() {
 }
 
 fn plan(rows: u64, d: u64, in_stride: u64, out_stride: u64) -> Plan {
-    Plan { rows, d, in_stride, out_stride, expert_step: 1, num_valid_tokens: 0, clamp: 0.0, filter_flags: 0, filter_tile: None }
+    Plan {
+        rows,
+        d,
+        in_stride,
+        out_stride,
+        expert_step: 1,
+        num_valid_tokens: 0,
+        clamp: 0.0,
+        filter_flags: 0,
+        filter_tile: None,
+        ids_early: false,
+    }
 }
 
 #[test]
@@ -319,7 +331,7 @@ fn tiled_kernel_for_large_filtered_vector_launches() {
     let filtered = |rows, d| Plan { filter_flags: FLAG_EXPERT, ..plan(rows, d, 2 * d, d) };
     let tile_of = |p: &Plan, vector: bool, elem: usize| {
         let (cfg, flags) = launch_config(p, vector, elem);
-        filter_tile(flags, &cfg, p.filter_tile)
+        filter_tile(flags, &cfg, p).unwrap_or(1)
     };
     // bf16 d = 4096: 2 column blocks; 2048 rows = 4096 blocks → tile 2, 2047 rows → general.
     assert_eq!(tile_of(&filtered(2048, 4096), true, 2), TILE);
@@ -355,4 +367,28 @@ fn filter_tile_is_checked() {
     assert_eq!(validate(&Request { filter_tile: Some(32), ..base }).unwrap().unwrap().filter_tile, Some(32));
     assert!(err(&Request { filter_tile: Some(0), ..base }).contains("filter_tile=0"));
     assert!(err(&Request { filter_tile: Some(33), ..base }).contains("filter_tile=33 (must be 1..=32)"));
+}
+
+#[test]
+fn ids_before_wait_takes_the_tiled_kernel_with_tile_1() {
+    let early = |rows, d| Plan { filter_flags: FLAG_EXPERT, ids_early: true, ..plan(rows, d, 2 * d, d) };
+    let tiled = |p: &Plan| {
+        let (cfg, flags) = launch_config(p, true, 2);
+        filter_tile(flags, &cfg, p).map(|t| (t, tiled_flags(p, flags, 2)))
+    };
+    // 128 × 2·4096 bf16 (2 MiB): tile 1, ids early, kept rows prefetched.
+    assert_eq!(tiled(&early(128, 4096)), Some((1, FLAG_EXPERT | FLAG_VECTOR | FLAG_EARLY_TRIGGER | FLAG_IDS_EARLY | FLAG_PREFETCH)));
+    // 8192 × 2·4096 bf16 (128 MiB): the size rule's tile, no prefetch.
+    assert_eq!(tiled(&early(8192, 4096)), Some((TILE, FLAG_EXPERT | FLAG_VECTOR | FLAG_EARLY_TRIGGER | FLAG_IDS_EARLY)));
+    // Without the permission: the general kernel below the size rule, no early flags above it.
+    let late = Plan { ids_early: false, ..early(8192, 4096) };
+    assert_eq!(tiled(&late), Some((TILE, FLAG_EXPERT | FLAG_VECTOR | FLAG_EARLY_TRIGGER)));
+    assert_eq!(tiled(&Plan { ids_early: false, ..early(128, 4096) }), None);
+    // Half vectors (under 64 KiB): the general kernel, ids after the wait.
+    assert_eq!(tiled(&early(1, 4096)), None);
+    // Validation drops the permission without a filter.
+    let r = Request { ids_early: true, ..contiguous(16, 4096) };
+    assert!(!validate(&r).unwrap().unwrap().ids_early);
+    let r = Request { ids_early: true, expert: Some((16, 1)), ..contiguous(16, 4096) };
+    assert!(validate(&r).unwrap().unwrap().ids_early);
 }

@@ -313,8 +313,9 @@ fn clamp<T: Elem>() -> anyhow::Result<()> {
 }
 
 /// Random `-1` ids (≈ 40 %) on case `c` with `expert_step` `step`; `tile` forces the tiled
-/// kernel's rows per thread row (else the size rule picks the kernel).
-fn expert_filter<T: Elem>(c: Case, step: usize, tile: Option<usize>) -> anyhow::Result<()> {
+/// kernel's rows per thread row (else the size rule picks the kernel); `early`: the ids may be
+/// read before the PDL wait.
+fn expert_filter<T: Elem>(c: Case, step: usize, tile: Option<usize>, early: bool) -> anyhow::Result<()> {
     let rt = rt()?;
     let s = seed();
     let mut rng = Rng::new(s);
@@ -325,6 +326,9 @@ fn expert_filter<T: Elem>(c: Case, step: usize, tile: Option<usize>) -> anyhow::
     let mut opts = options(&c).expert_filter(&dev_ids, step);
     if let Some(t) = tile {
         opts = opts.filter_tile(t);
+    }
+    if early {
+        opts = opts.ids_before_wait();
     }
     launch(&rt, &c, &mut data, &opts)?;
     let got = download(&rt, &data.out)?;
@@ -373,7 +377,14 @@ fn none_skipped<T: Elem>() -> anyhow::Result<()> {
 
 /// Block-aligned MoE layout: rows past `num_tokens_post_padded`, padding sentinels
 /// (`sorted_token_ids[r] >= num_valid_tokens`) and `-1` experts are skipped.
-fn sorted_filter<T: Elem>(blocks: usize, block: usize, d: usize, with_experts: bool, tile: Option<usize>) -> anyhow::Result<()> {
+fn sorted_filter<T: Elem>(
+    blocks: usize,
+    block: usize,
+    d: usize,
+    with_experts: bool,
+    tile: Option<usize>,
+    early: bool,
+) -> anyhow::Result<()> {
     let rt = rt()?;
     let s = seed();
     let mut rng = Rng::new(s);
@@ -398,6 +409,9 @@ fn sorted_filter<T: Elem>(blocks: usize, block: usize, d: usize, with_experts: b
     }
     if let Some(t) = tile {
         opts = opts.filter_tile(t);
+    }
+    if early {
+        opts = opts.ids_before_wait();
     }
     launch(&rt, &c, &mut data, &opts)?;
     let got = download(&rt, &data.out)?;
@@ -499,6 +513,34 @@ fn pdl_chain<T: Elem>(rows: usize, d: usize, rounds: usize) -> anyhow::Result<()
     Ok(())
 }
 
+/// A producer (unfiltered silu) writes y; a filtered consumer with its ids uploaded beforehand
+/// reads them before its PDL wait (and prefetches its kept rows of y into L2 while the producer
+/// may still write them) and y after the wait: kept rows exact, skipped rows keep their poison.
+fn filtered_pdl_chain<T: Elem>(rows: usize, d: usize, rounds: usize) -> anyhow::Result<()> {
+    let rt = rt()?;
+    anyhow::ensure!(rt.pdl_enabled(), "PDL must be enabled on cc >= 9.0 (KILN_PDL unset)");
+    let s = seed();
+    let mut rng = Rng::new(s);
+    let first = Case::new(Activation::Silu, rows, 2 * d);
+    let second = Case::new(Activation::Silu, rows, d);
+    let host_x: Vec<T> = rng.normals(first.in_len(), 2.0).into_iter().map(T::from_f64).collect();
+    let x = upload(&rt, &host_x)?;
+    for round in 0..rounds {
+        let ids: Vec<i32> = (0..rows).map(|_| if rng.uniform() < 0.5 { -1 } else { 0 }).collect();
+        let dev_ids = upload(&rt, &ids)?;
+        let mut y = filled(&rt, rows * 2 * d, T::poison())?;
+        let mut z = filled(&rt, rows * d, T::poison())?;
+        rt.stream().synchronize()?;
+        act::act_and_mul(&rt, Activation::Silu, &x, &mut y, Shape::contiguous(rows, 2 * d))?;
+        let opts = Options::new().expert_filter(&dev_ids, 1).ids_before_wait();
+        act::act_and_mul_with(&rt, Activation::Silu, &y, &mut z, Shape::contiguous(rows, d), &opts)?;
+        let (host_y, host_z) = (download(&rt, &y)?, download(&rt, &z)?);
+        verify(&first, &host_x, &padded(host_y.clone()), &|_| true, s).map_err(|e| e.context(format!("round {round}: producer")))?;
+        verify(&second, &host_y, &padded(host_z), &|r| ids[r] != -1, s).map_err(|e| e.context(format!("round {round}: consumer")))?;
+    }
+    Ok(())
+}
+
 fn expect_invalid(what: &str, r: kiln_runtime::Result<()>, needle: &str) -> anyhow::Result<()> {
     match r {
         Err(Error::InvalidArgument { reason, .. }) if reason.contains(needle) => Ok(()),
@@ -578,26 +620,34 @@ fn main() {
         );
     }
     t.extend(dtype_trials("silu_and_mul::clamp", |dt| by_dtype!(dt, clamp)));
-    t.extend(dtype_trials("filter::random_step1", |dt| by_dtype!(dt, expert_filter, silu(83, 1024), 1, None)));
+    t.extend(dtype_trials("filter::random_step1", |dt| by_dtype!(dt, expert_filter, silu(83, 1024), 1, None, false)));
     t.extend(dtype_trials("filter::random_step16_scalar", |dt| {
-        by_dtype!(dt, expert_filter, silu(256, 2048).strided(4096, 2048, 1, 0), 16, None)
+        by_dtype!(dt, expert_filter, silu(256, 2048).strided(4096, 2048, 1, 0), 16, None, false)
     }));
-    t.extend(dtype_trials("filter::random_large", |dt| by_dtype!(dt, expert_filter, silu(1024, 4096), 1, None)));
+    t.extend(dtype_trials("filter::random_large", |dt| by_dtype!(dt, expert_filter, silu(1024, 4096), 1, None, false)));
     // The tiled kernel: by the size rule (≥ 4096 blocks), and forced with odd tiles, strides,
     // steps, every activation and the rounding form.
-    t.extend(dtype_trials("filter::tiled_by_size", |dt| by_dtype!(dt, expert_filter, silu(4099, 2048), 1, None)));
+    t.extend(dtype_trials("filter::tiled_by_size", |dt| by_dtype!(dt, expert_filter, silu(4099, 2048), 1, None, false)));
     t.extend(dtype_trials("filter::tiled3_step5_strided", |dt| {
-        by_dtype!(dt, expert_filter, Case::new(Activation::GeluTanh, 203, 512).strided(1040, 520, 8, 8), 5, Some(3))
+        by_dtype!(dt, expert_filter, Case::new(Activation::GeluTanh, 203, 512).strided(1040, 520, 8, 8), 5, Some(3), false)
     }));
-    t.extend(dtype_trials("filter::tiled32_gelu", |dt| by_dtype!(dt, expert_filter, Case::new(Activation::Gelu, 1000, 256), 1, Some(32))));
+    t.extend(dtype_trials("filter::tiled32_gelu", |dt| {
+        by_dtype!(dt, expert_filter, Case::new(Activation::Gelu, 1000, 256), 1, Some(32), false)
+    }));
     t.extend(dtype_trials("filter::tiled7_rounding", |dt| {
-        by_dtype!(dt, expert_filter, silu(301, 768).rounding(Rounding::Activation), 2, Some(7))
+        by_dtype!(dt, expert_filter, silu(301, 768).rounding(Rounding::Activation), 2, Some(7), false)
     }));
-    t.extend(dtype_trials("filter::sorted_tiled5", |dt| by_dtype!(dt, sorted_filter, 24, 16, 512, true, Some(5))));
+    // Ids read before the PDL wait (tiled kernel, tile 1 with the kept rows prefetched; tile 2
+    // by size), and a chain whose consumer reads its ids early and its input after the wait.
+    t.extend(dtype_trials("filter::ids_before_wait", |dt| by_dtype!(dt, expert_filter, silu(83, 1024), 1, None, true)));
+    t.extend(dtype_trials("filter::ids_before_wait_large", |dt| by_dtype!(dt, expert_filter, silu(4099, 2048), 3, None, true)));
+    t.extend(dtype_trials("filter::sorted_ids_before_wait", |dt| by_dtype!(dt, sorted_filter, 24, 16, 512, true, None, true)));
+    t.extend(dtype_trials("filter::pdl_chain_ids_before_wait", |dt| by_dtype!(dt, filtered_pdl_chain, 512, 1024, 3)));
+    t.extend(dtype_trials("filter::sorted_tiled5", |dt| by_dtype!(dt, sorted_filter, 24, 16, 512, true, Some(5), false)));
     t.extend(dtype_trials("filter::all_skipped", |dt| by_dtype!(dt, all_skipped)));
     t.extend(dtype_trials("filter::none_skipped", |dt| by_dtype!(dt, none_skipped)));
-    t.extend(dtype_trials("filter::sorted", |dt| by_dtype!(dt, sorted_filter, 24, 16, 512, true, None)));
-    t.extend(dtype_trials("filter::sorted_only", |dt| by_dtype!(dt, sorted_filter, 10, 64, 100, false, None)));
+    t.extend(dtype_trials("filter::sorted", |dt| by_dtype!(dt, sorted_filter, 24, 16, 512, true, None, false)));
+    t.extend(dtype_trials("filter::sorted_only", |dt| by_dtype!(dt, sorted_filter, 10, 64, 100, false, None, false)));
     t.extend(dtype_trials("packed_and_allocating", |dt| by_dtype!(dt, packed_and_allocating)));
     t.extend(dtype_trials("without_pdl", |dt| by_dtype!(dt, without_pdl)));
     t.extend(dtype_trials("pdl_chain", |dt| by_dtype!(dt, pdl_chain, 4096, 2048, 3)));
@@ -609,9 +659,9 @@ fn main() {
         ("scalar_f16", || run_case::<f16>(Case::new(Activation::Gelu, 9, 3))),
         ("strided_f32", || run_case::<f32>(Case::new(Activation::GeluTanh, 9, 100).strided(203, 107, 3, 5))),
         ("rounding_f16", || run_case::<f16>(Case::new(Activation::Silu, 7, 1001).rounding(Rounding::Activation))),
-        ("expert_filter", || expert_filter::<bf16>(Case::new(Activation::Silu, 33, 256).strided(512, 256, 1, 0), 4, None)),
-        ("tiled_filter", || expert_filter::<bf16>(Case::new(Activation::Silu, 45, 256), 1, Some(4))),
-        ("sorted_filter", || sorted_filter::<bf16>(6, 16, 72, true, None)),
+        ("expert_filter", || expert_filter::<bf16>(Case::new(Activation::Silu, 33, 256).strided(512, 256, 1, 0), 4, None, false)),
+        ("tiled_filter", || expert_filter::<bf16>(Case::new(Activation::Silu, 45, 1024), 1, Some(4), true)),
+        ("sorted_filter", || sorted_filter::<bf16>(6, 16, 72, true, None, false)),
         ("pdl_chain", || pdl_chain::<bf16>(16, 256, 1)),
         ("errors", errors),
     ];

@@ -8,7 +8,9 @@ expert filter (expert_step 1) at the shapes and skip ratios of kiln's bench rows
 `silu_and_mul_filtered_skip{0,50,90}` ({32, 128, 512, 2048, 8192, 16384} rows × 2·{4096, 14336},
 that fraction of the rows' ids -1 at random positions), under the same op names, impl
 `sglang_jit`, so that `compare.py` pairs them. GB/s count the kept rows only, as kiln's rows do.
-Note: SGLang reads the ids before its PDL wait; kiln reads them after it (issue 3).
+Note: SGLang reads the ids before its PDL wait; kiln reads them after it (issue 3) unless the
+caller passes `Options::ids_before_wait` (bench rows `silu_and_mul_filtered_early_skip*`, which
+get the same SGLang rows under their names).
 """
 import json, os, random, subprocess, sys
 peers = os.environ.get("PEERS_DIR", os.path.join("target", "peers"))
@@ -53,6 +55,8 @@ for d in [4096, 14336]:
             except Exception as e:  # a peer that fails is reported, not hidden
                 r = dict(op=op, shape=shape, impl="sglang_jit", error=repr(e)[:300])
             rows.append(r); print(json.dumps(r), flush=True)
+            # SGLang always reads the ids before its wait: the peer of kiln's `ids_before_wait` rows too.
+            rows.append(dict(r, op=f"silu_and_mul_filtered_early_{tag}"))
         del inps, outs
 
 with open(os.path.join(OUT, "peers.jsonl"), "a") as f:
