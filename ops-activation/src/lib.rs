@@ -355,18 +355,19 @@ const GENERAL_SPECS: usize = 36;
 const WIDE_SPECS: usize = 8;
 const WIDE_DTYPES: [DtypeId; 2] = [DtypeId::F16, DtypeId::Bf16];
 
+/// The general kernel's settings in `spec_index` order (the tiled kernel's in `tiled_index` order).
+fn general_keys() -> impl Iterator<Item = (DtypeId, Activation, Rounding, bool)> {
+    DTYPES.into_iter().flat_map(|dt| {
+        Activation::ALL.into_iter().flat_map(move |act| {
+            [Rounding::Once, Rounding::Activation]
+                .into_iter()
+                .flat_map(move |rounding| [false, true].map(move |pdl| (dt, act, rounding, pdl)))
+        })
+    })
+}
+
 static SPECS: LazyLock<Vec<KernelSpec>> = LazyLock::new(|| {
-    let mut v = Vec::with_capacity(2 * GENERAL_SPECS + WIDE_SPECS);
-    for dt in DTYPES {
-        for act in Activation::ALL {
-            for rounding in [Rounding::Once, Rounding::Activation] {
-                for pdl in [false, true] {
-                    debug_assert_eq!(v.len(), spec_index(dt, act, rounding, pdl));
-                    v.push(make_spec(dt, act, rounding, pdl, false));
-                }
-            }
-        }
-    }
+    let mut v: Vec<KernelSpec> = general_keys().map(|(dt, act, rounding, pdl)| make_spec(dt, act, rounding, pdl, false)).collect();
     debug_assert_eq!(v.len(), GENERAL_SPECS);
     for dt in WIDE_DTYPES {
         for act in [Activation::Silu, Activation::GeluTanh] {
@@ -378,16 +379,7 @@ static SPECS: LazyLock<Vec<KernelSpec>> = LazyLock::new(|| {
             }
         }
     }
-    for dt in DTYPES {
-        for act in Activation::ALL {
-            for rounding in [Rounding::Once, Rounding::Activation] {
-                for pdl in [false, true] {
-                    debug_assert_eq!(v.len(), tiled_index(dt, act, rounding, pdl));
-                    v.push(make_spec(dt, act, rounding, pdl, true));
-                }
-            }
-        }
-    }
+    v.extend(general_keys().map(|(dt, act, rounding, pdl)| make_spec(dt, act, rounding, pdl, true)));
     v
 });
 

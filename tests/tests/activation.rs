@@ -489,8 +489,11 @@ fn without_pdl<T: Elem>() -> anyhow::Result<()> {
 }
 
 /// Two PDL launches back to back, the second consuming the first's output (poisoned before
-/// each round): without its `griddepcontrol.wait` the second would read poison.
-fn pdl_chain<T: Elem>(rows: usize, d: usize, rounds: usize) -> anyhow::Result<()> {
+/// each round): without its `griddepcontrol.wait` the second would read poison. `filtered`: the
+/// consumer skips about half its rows by ids uploaded beforehand, which it reads before its wait
+/// ([`Options::ids_before_wait`], prefetching its kept rows of y into L2 while the producer may
+/// still write them) — kept rows exact, skipped rows keep their poison.
+fn pdl_chain<T: Elem>(rows: usize, d: usize, rounds: usize, filtered: bool) -> anyhow::Result<()> {
     let rt = rt()?;
     anyhow::ensure!(rt.pdl_enabled(), "PDL must be enabled on cc >= 9.0 (KILN_PDL unset)");
     let s = seed();
@@ -501,39 +504,14 @@ fn pdl_chain<T: Elem>(rows: usize, d: usize, rounds: usize) -> anyhow::Result<()
     let host_x: Vec<T> = rng.normals(first.in_len(), 2.0).into_iter().map(T::from_f64).collect();
     let x = upload(&rt, &host_x)?;
     for round in 0..rounds {
-        let mut y = filled(&rt, rows * 2 * d, T::poison())?;
-        let mut z = filled(&rt, rows * d, T::poison())?;
-        rt.stream().synchronize()?;
-        act::act_and_mul(&rt, Activation::Silu, &x.slice(..first.in_view_len()), &mut y, Shape::contiguous(rows, 2 * d))?;
-        act::act_and_mul(&rt, Activation::GeluTanh, &y, &mut z, Shape::contiguous(rows, d))?;
-        let (host_y, host_z) = (download(&rt, &y)?, download(&rt, &z)?);
-        verify(&first, &host_x, &padded(host_y.clone()), &|_| true, s).map_err(|e| e.context(format!("round {round}: producer")))?;
-        verify(&second, &host_y, &padded(host_z), &|_| true, s).map_err(|e| e.context(format!("round {round}: consumer")))?;
-    }
-    Ok(())
-}
-
-/// A producer (unfiltered silu) writes y; a filtered consumer with its ids uploaded beforehand
-/// reads them before its PDL wait (and prefetches its kept rows of y into L2 while the producer
-/// may still write them) and y after the wait: kept rows exact, skipped rows keep their poison.
-fn filtered_pdl_chain<T: Elem>(rows: usize, d: usize, rounds: usize) -> anyhow::Result<()> {
-    let rt = rt()?;
-    anyhow::ensure!(rt.pdl_enabled(), "PDL must be enabled on cc >= 9.0 (KILN_PDL unset)");
-    let s = seed();
-    let mut rng = Rng::new(s);
-    let first = Case::new(Activation::Silu, rows, 2 * d);
-    let second = Case::new(Activation::Silu, rows, d);
-    let host_x: Vec<T> = rng.normals(first.in_len(), 2.0).into_iter().map(T::from_f64).collect();
-    let x = upload(&rt, &host_x)?;
-    for round in 0..rounds {
-        let ids: Vec<i32> = (0..rows).map(|_| if rng.uniform() < 0.5 { -1 } else { 0 }).collect();
+        let ids: Vec<i32> = (0..rows).map(|_| if filtered && rng.uniform() < 0.5 { -1 } else { 0 }).collect();
         let dev_ids = upload(&rt, &ids)?;
         let mut y = filled(&rt, rows * 2 * d, T::poison())?;
         let mut z = filled(&rt, rows * d, T::poison())?;
         rt.stream().synchronize()?;
-        act::act_and_mul(&rt, Activation::Silu, &x, &mut y, Shape::contiguous(rows, 2 * d))?;
-        let opts = Options::new().expert_filter(&dev_ids, 1).ids_before_wait();
-        act::act_and_mul_with(&rt, Activation::Silu, &y, &mut z, Shape::contiguous(rows, d), &opts)?;
+        act::act_and_mul(&rt, Activation::Silu, &x.slice(..first.in_view_len()), &mut y, Shape::contiguous(rows, 2 * d))?;
+        let opts = if filtered { Options::new().expert_filter(&dev_ids, 1).ids_before_wait() } else { Options::new() };
+        act::act_and_mul_with(&rt, Activation::GeluTanh, &y, &mut z, Shape::contiguous(rows, d), &opts)?;
         let (host_y, host_z) = (download(&rt, &y)?, download(&rt, &z)?);
         verify(&first, &host_x, &padded(host_y.clone()), &|_| true, s).map_err(|e| e.context(format!("round {round}: producer")))?;
         verify(&second, &host_y, &padded(host_z), &|r| ids[r] != -1, s).map_err(|e| e.context(format!("round {round}: consumer")))?;
@@ -642,7 +620,7 @@ fn main() {
     t.extend(dtype_trials("filter::ids_before_wait", |dt| by_dtype!(dt, expert_filter, silu(83, 1024), 1, None, true)));
     t.extend(dtype_trials("filter::ids_before_wait_large", |dt| by_dtype!(dt, expert_filter, silu(4099, 2048), 3, None, true)));
     t.extend(dtype_trials("filter::sorted_ids_before_wait", |dt| by_dtype!(dt, sorted_filter, 24, 16, 512, true, None, true)));
-    t.extend(dtype_trials("filter::pdl_chain_ids_before_wait", |dt| by_dtype!(dt, filtered_pdl_chain, 512, 1024, 3)));
+    t.extend(dtype_trials("filter::pdl_chain_ids_before_wait", |dt| by_dtype!(dt, pdl_chain, 512, 1024, 3, true)));
     t.extend(dtype_trials("filter::sorted_tiled5", |dt| by_dtype!(dt, sorted_filter, 24, 16, 512, true, Some(5), false)));
     t.extend(dtype_trials("filter::all_skipped", |dt| by_dtype!(dt, all_skipped)));
     t.extend(dtype_trials("filter::none_skipped", |dt| by_dtype!(dt, none_skipped)));
@@ -650,7 +628,7 @@ fn main() {
     t.extend(dtype_trials("filter::sorted_only", |dt| by_dtype!(dt, sorted_filter, 10, 64, 100, false, None, false)));
     t.extend(dtype_trials("packed_and_allocating", |dt| by_dtype!(dt, packed_and_allocating)));
     t.extend(dtype_trials("without_pdl", |dt| by_dtype!(dt, without_pdl)));
-    t.extend(dtype_trials("pdl_chain", |dt| by_dtype!(dt, pdl_chain, 4096, 2048, 3)));
+    t.extend(dtype_trials("pdl_chain", |dt| by_dtype!(dt, pdl_chain, 4096, 2048, 3, false)));
     t.push(trial("t2::activation::errors", Need::Gpu, errors));
     // Small and cheap: the GPU CI runs exactly these under compute-sanitizer memcheck/racecheck.
     type Check = fn() -> anyhow::Result<()>;
@@ -662,7 +640,7 @@ fn main() {
         ("expert_filter", || expert_filter::<bf16>(Case::new(Activation::Silu, 33, 256).strided(512, 256, 1, 0), 4, None, false)),
         ("tiled_filter", || expert_filter::<bf16>(Case::new(Activation::Silu, 45, 1024), 1, Some(4), true)),
         ("sorted_filter", || sorted_filter::<bf16>(6, 16, 72, true, None, false)),
-        ("pdl_chain", || pdl_chain::<bf16>(16, 256, 1)),
+        ("pdl_chain", || pdl_chain::<bf16>(16, 256, 1, false)),
         ("errors", errors),
     ];
     t.extend(sanitize.map(|(name, f)| trial(format!("t2::activation::sanitize::{name}"), Need::Gpu, f)));
