@@ -13,7 +13,8 @@
 //     and the precise libm functions (the spec compiles this with FastMath::PRECISE).
 //   Optional SiLU clamp (L > 0, already RN_T-rounded by the host): g = g > L ? L : g,
 //     u = u > L ? L : (u < -L ? -L : u) — NaN propagates, as torch.clamp does.
-// Row filter (after the PDL wait; a skipped row is neither read nor written):
+// Row filter (a skipped row is neither read nor written; ids read after the PDL wait, or before it
+// in the tiled kernel with kIdsEarly, where the caller vouches that they are final):
 //   expert: skip iff expert_ids[r / expert_step] == -1;
 //   sorted: skip iff r >= *num_tokens_post_padded or sorted_token_ids[r] >= num_valid_tokens.
 // Layout: x rows of `in_stride` elements (gate at [0, d), up at [d, 2d)); out rows of `out_stride`.
@@ -143,8 +144,8 @@ KILN_DEVICE T gated(T gate, T up, float clamp) {
   }
 }
 
-// Whether the row filter drops `row` (ids are read here, after the PDL wait). All reads are
-// issued before any is used; every index is in bounds (checked by the host).
+// Whether the row filter drops `row` (its ids are read here: after the PDL wait, or before it with
+// kIdsEarly). All reads are issued before any is used; every index is in bounds (host-checked).
 KILN_DEVICE bool row_skipped(const Params& p, long long row) {
   int expert = 0, token = 0, post_padded = 0;
   if (p.flags & kFilterExpert) expert = p.expert_ids[static_cast<unsigned>(row) / p.expert_step];
@@ -161,10 +162,10 @@ KILN_DEVICE bool row_skipped(const Params& p, long long row) {
 // Warms L2 with this block's share of `row` (gate and up) before the PDL wait, while the
 // predecessor may still run: the DRAM latency then overlaps its tail. A prefetch changes no data
 // and L2 is the GPU's point of coherence, so the loads after the wait still see every write of
-// the predecessor. Host-chosen (kPrefetch) for small unfiltered vector-path launches only: the
-// addresses are 16-byte aligned, no filtered row may be read (and its id only after the wait),
-// and on large launches the extra requests cost more than the early start gains. One thread per
-// row issues two bulk prefetches.
+// the predecessor. Host-chosen (kPrefetch) for small vector-path launches that are unfiltered, or
+// filtered with kIdsEarly in the tiled kernel (kept rows only, their ids read first): the
+// addresses are 16-byte aligned, no skipped row is touched, and on large launches the extra
+// requests cost more than the early start gains. One thread per row issues two bulk prefetches.
 template <typename T, int N>
 KILN_DEVICE void prefetch_l2(const Params& p, long long row) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -308,10 +309,12 @@ __global__ void __launch_bounds__(kiln_act::kThreads) act_and_mul_wide_kernel(co
 
 // Filtered vector-path launches whose thread rows are whole warps (tx ≥ 32; the host's choice
 // from the grid size, see plan.rs): thread row y of block b takes the rows b·ty·tile + y + k·ty
-// for k < tile (1 ≤ tile ≤ 32). After the PDL wait, lane k of each warp reads the filter of row
-// k (one coalesced load of the ids), a ballot gathers the kept rows, and the warp then works
-// through the kept rows only: a skipped row costs one lane one id load instead of costing a
-// block. Launches without kEarlyTrigger release dependents at exit. The default rounding is held
+// for k < tile (1 ≤ tile ≤ 32). After the PDL wait (before it with kIdsEarly, which also
+// prefetches the kept rows into L2 for small launches), lane k of each warp reads the filter of
+// its row k (one load per lane; contiguous ids when ty = 1), a ballot gathers the kept rows, and
+// the warp then works through the kept rows only: a skipped row costs one lane one id load
+// instead of costing a block. Column mapping as in the general kernel with kVecPer = 1.
+// Launches without kEarlyTrigger release dependents at exit. The default rounding is held
 // to 32 registers (8 CTAs per SM, as the general kernel; no spills), the rounding form to 40.
 // Measured on the H100 (S7-3, silu bf16, skip 0 / 50 / 90 % of the rows, tile 2 against the
 // general kernel): 8192×8192 66.8 / 37.0 / 20.6 µs → 67.4 / 35.5 / 11.9; 40 registers instead of

@@ -13,8 +13,8 @@
 //! - Row filters ([`Options::expert_filter`], [`Options::sorted_filter`]): a skipped row is neither
 //!   read nor written, so its output keeps whatever it held. Ids are read after the PDL wait, or
 //!   before it where the caller vouches that they are final ([`Options::ids_before_wait`]).
-//!   Large filtered launches take several rows per block and find the kept ones with one
-//!   coalesced read of their ids, so skipped rows cost almost nothing.
+//!   Large filtered launches take several rows per block and find the kept ones with one read of
+//!   their ids per warp, so skipped rows cost almost nothing.
 //! - SiLU clamp ([`Options::clamp_limit`], gpt-oss style): gate clamped above, up to `±limit`.
 //! - Everything is checked before a launch ([`kiln_runtime::Error::InvalidArgument`] naming the
 //!   values); `rows == 0` or `d == 0` launches nothing. Work is stream-ordered on
@@ -268,12 +268,15 @@ impl<'a> Options<'a> {
     /// before its PDL wait, i.e. while the kernel before it on the stream may still run (as
     /// SGLang always does), and prefetch the kept rows of inputs up to 16 MiB into L2 meanwhile.
     ///
-    /// Only correct when those ids are final before that preceding kernel starts: in a MoE layer
-    /// the ids come from the routing / alignment kernels and the kernel before the activation is
-    /// the up-projection GEMM, which does not write them. If the kernel right before this call
-    /// writes the ids, the call may see stale ones (rows computed or skipped wrongly; no access
-    /// out of bounds, every index is still checked). Without PDL, or on launches that cannot
-    /// take the tiled kernel (scalar path, rows under 32 vectors, inputs under 64 KiB), the ids
+    /// Only correct when the writes of those ids are complete by the time this kernel may start:
+    /// under PDL that is as soon as the preceding kernel on the stream releases its dependents.
+    /// So the ids must not be written by that preceding kernel, and if they are written by work
+    /// before it, that kernel must not release its dependents before its own PDL wait (kiln's
+    /// kernels never do; kernels without PDL release them at exit). In a MoE layer the ids come
+    /// from the routing / alignment kernels and the kernel before the activation is the
+    /// up-projection GEMM. A broken promise can only compute or skip rows wrongly (no access out
+    /// of bounds: every index is still checked). Without PDL, or on launches that cannot
+    /// take the tiled kernel (scalar path, rows of at most 16 vectors, inputs under 64 KiB), the ids
     /// are read after the wait as usual. No effect without a filter.
     pub fn ids_before_wait(mut self) -> Self {
         self.ids_before_wait = true;
@@ -282,9 +285,9 @@ impl<'a> Options<'a> {
 
     /// Filtered launches only, for tests and benchmarks: the rows per thread row of the tiled
     /// kernel (`1..=32`; 1 runs the general kernel, unless [`Options::ids_before_wait`]) instead
-    /// of the size-based choice. Where the
-    /// tiled kernel does not apply (scalar path, rows narrower than 32 vectors, no filter) it is
-    /// ignored. The results are the same for every value.
+    /// of the size-based choice. Where the tiled kernel does not apply (scalar path, half
+    /// vectors, rows of at most 16 vectors, no filter) it is ignored. The results are the same
+    /// for every value.
     #[doc(hidden)]
     pub fn filter_tile(mut self, tile: usize) -> Self {
         self.filter_tile = Some(tile);
@@ -404,7 +407,8 @@ pub fn wide_spec_for<T: Float>(rt: &Runtime, act: Activation, rounding: Rounding
 }
 
 /// The spec of the tiled kernel that filtered 16-byte-aligned calls with these settings launch on
-/// `rt` when a row spans at least 32 vectors (`d ≥ 32·16/size_of::<T>()` elements).
+/// `rt` when a row spans more than 16 vectors (`d > 256 / size_of::<T>()`: thread rows of whole
+/// warps) and the grid is large or the ids may be read before the wait.
 pub fn tiled_spec_for<T: Float>(rt: &Runtime, act: Activation, rounding: Rounding) -> &'static KernelSpec {
     &SPECS[tiled_index(T::ID, act, rounding, rt.pdl_enabled())]
 }

@@ -469,20 +469,27 @@ fn without_pdl<T: Elem>() -> anyhow::Result<()> {
     anyhow::ensure!(!plain_rt.pdl_enabled());
     let s = seed();
     let mut rng = Rng::new(s);
+    let ids: Vec<i32> = (0..29).map(|_| if rng.uniform() < 0.4 { -1 } else { 1 }).collect();
+    let dev_ids = upload(&rt, &ids)?;
     for act_kind in Activation::ALL {
         for rounding in [Rounding::Once, Rounding::Activation] {
-            let c = Case::new(act_kind, 29, 520).rounding(rounding);
-            let mut data = prepare::<T>(&rt, &c, &mut rng)?;
-            launch(&rt, &c, &mut data, &options(&c))?;
-            let with = download(&rt, &data.out)?;
-            let mut again = Data { out: filled(&rt, c.out_len(), T::poison())?, ..data };
-            launch(&plain_rt, &c, &mut again, &options(&c))?;
-            let without = download(&rt, &again.out)?;
-            anyhow::ensure!(
-                with.iter().zip(&without).all(|(a, b)| a.bits() == b.bits()),
-                "{act_kind:?} {rounding:?}: PDL and non-PDL kernels differ"
-            );
-            verify(&c, &again.host, &without, &|_| true, s)?;
+            // Unfiltered (general / wide kernels), then filtered on the tiled kernel (tile 3, ids
+            // before the wait: a no-op without PDL).
+            for filtered in [false, true] {
+                let c = Case::new(act_kind, 29, if filtered { 1024 } else { 520 }).rounding(rounding);
+                let opts = if filtered { options(&c).expert_filter(&dev_ids, 1).filter_tile(3).ids_before_wait() } else { options(&c) };
+                let mut data = prepare::<T>(&rt, &c, &mut rng)?;
+                launch(&rt, &c, &mut data, &opts)?;
+                let with = download(&rt, &data.out)?;
+                let mut again = Data { out: filled(&rt, c.out_len(), T::poison())?, ..data };
+                launch(&plain_rt, &c, &mut again, &opts)?;
+                let without = download(&rt, &again.out)?;
+                anyhow::ensure!(
+                    with.iter().zip(&without).all(|(a, b)| a.bits() == b.bits()),
+                    "{act_kind:?} {rounding:?} filtered={filtered}: PDL and non-PDL kernels differ"
+                );
+                verify(&c, &again.host, &without, &|r| !filtered || ids[r] != -1, s)?;
+            }
         }
     }
     Ok(())
@@ -603,6 +610,8 @@ fn main() {
         by_dtype!(dt, expert_filter, silu(256, 2048).strided(4096, 2048, 1, 0), 16, None, false)
     }));
     t.extend(dtype_trials("filter::random_large", |dt| by_dtype!(dt, expert_filter, silu(1024, 4096), 1, None, false)));
+    // The general kernel on a large filtered launch (f32 1024×4096 takes the tiled one by size).
+    t.extend(dtype_trials("filter::general_forced", |dt| by_dtype!(dt, expert_filter, silu(1024, 4096), 1, Some(1), false)));
     // The tiled kernel: by the size rule (≥ 4096 blocks), and forced with odd tiles, strides,
     // steps, every activation and the rounding form.
     t.extend(dtype_trials("filter::tiled_by_size", |dt| by_dtype!(dt, expert_filter, silu(4099, 2048), 1, None, false)));

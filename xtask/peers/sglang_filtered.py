@@ -56,7 +56,7 @@ for d in [4096, 14336]:
                 r = dict(op=op, shape=shape, impl="sglang_jit", error=repr(e)[:300])
             rows.append(r); print(json.dumps(r), flush=True)
             # SGLang always reads the ids before its wait: the peer of kiln's `ids_before_wait` rows too.
-            rows.append(dict(r, op=f"silu_and_mul_filtered_early_{tag}"))
+            rows.append(dict(r, op=f"silu_and_mul_filtered_early_{tag}")); print(json.dumps(rows[-1]), flush=True)
         del inps, outs
 
 with open(os.path.join(OUT, "peers.jsonl"), "a") as f:

@@ -43,6 +43,17 @@ fn buffers(c: &Ctx, sets: usize, n_in: usize, n_out: usize) -> anyhow::Result<(S
     Ok((inputs, outputs))
 }
 
+/// The filtered rows: ids after the PDL wait, then before it ([`Options::ids_before_wait`]), at
+/// skip ratios 0, ½ and 0.9.
+const FILTERED_OPS: [&str; 6] = [
+    "silu_and_mul_filtered_skip0",
+    "silu_and_mul_filtered_skip50",
+    "silu_and_mul_filtered_skip90",
+    "silu_and_mul_filtered_early_skip0",
+    "silu_and_mul_filtered_early_skip50",
+    "silu_and_mul_filtered_early_skip90",
+];
+
 /// Times every shape.
 pub fn run(c: &mut Ctx) -> anyhow::Result<()> {
     let rt = c.rt.clone();
@@ -58,9 +69,8 @@ pub fn run(c: &mut Ctx) -> anyhow::Result<()> {
     for d in [4096usize, 14336] {
         for &t in tokens {
             let shape = format!("{t}x{}", 2 * d);
-            if ![Activation::Silu, Activation::GeluTanh].iter().any(|a| c.wants(a.op(), &shape))
-                && !c.wants("silu_and_mul_filtered", &shape)
-            {
+            let wants_filtered = filtered_tokens.contains(&t) && FILTERED_OPS.iter().any(|op| c.wants(op, &shape));
+            if ![Activation::Silu, Activation::GeluTanh].iter().any(|a| c.wants(a.op(), &shape)) && !wants_filtered {
                 continue;
             }
             let bytes = t * 3 * d * 2;
@@ -73,7 +83,7 @@ pub fn run(c: &mut Ctx) -> anyhow::Result<()> {
                 let us = c.time(sets, |i| act_and_mul(&rt, act, &inputs[i], &mut outputs[i], Shape::contiguous(t, d)))?;
                 c.record(act.op(), &shape, us, bytes as f64, None)?;
             }
-            if !filtered_tokens.contains(&t) || !c.wants("silu_and_mul_filtered", &shape) {
+            if !wants_filtered {
                 continue;
             }
             for (tag, ratio) in [("skip0", 0.0), ("skip50", 0.5), ("skip90", 0.9)] {
