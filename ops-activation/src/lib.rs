@@ -386,9 +386,10 @@ static SPECS: LazyLock<Vec<KernelSpec>> = LazyLock::new(|| {
     v
 });
 
-/// Every kernel instantiation of this crate: dtype × activation × rounding × PDL, and the wide
-/// kernels of unfiltered silu / gelu_tanh launches (f16, bf16 × PDL) (for prewarm, snapshots and
-/// [`Runtime::preload`]).
+/// Every kernel instantiation of this crate (for prewarm, snapshots and [`Runtime::preload`]):
+/// the general kernel (dtype × activation × rounding × PDL), the wide kernels of unfiltered silu /
+/// gelu_tanh launches (f16, bf16 × PDL) and the tiled kernels of filtered launches (as many as the
+/// general). Preload all of them before capturing a CUDA graph.
 pub fn kernel_specs() -> Vec<KernelSpec> {
     SPECS.clone()
 }
