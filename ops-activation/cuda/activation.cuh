@@ -314,17 +314,15 @@ __global__ void __launch_bounds__(kiln_act::kThreads) act_and_mul_wide_kernel(co
 // its row k (one load per lane; contiguous ids when ty = 1), a ballot gathers the kept rows, and
 // the warp then works through the kept rows only: a skipped row costs one lane one id load
 // instead of costing a block. Column mapping as in the general kernel with kVecPer = 1.
-// Launches without kEarlyTrigger release dependents at exit. A warp takes its kept rows two at a
-// time, all four loads first. Launch bounds of 6 CTAs per SM (40 registers, no spills for silu /
-// gelu_tanh in the default rounding), 5 for gelu and the rounding form (≤ 48). Measured on the
-// H100 (S7-13, silu bf16, skip 0 / 50 / 90 %, tile 2): 16384×8192 132.6 / 68.8 / 21.6 µs against
-// 134.1 / 70.2 / 21.0 one row at a time at 32 registers and 131.9 / 72.4 / 40.4 for the general
-// kernel; 16384×28672 459.0 / 236.9 / 84.6 against 465.2 / 236.9 / 73.1 and 459.2 / 251.1 /
-// 139.6. Rejected: per-thread L2 prefetch of the next kept rows (S7-2: skip 0 11-23 % slower),
-// software pipelining across kept rows (S7-4: skip 90 % slower), pairs at 32 registers (S7-13:
-// spills, skip 0 as slow as one row at a time).
+// Launches without kEarlyTrigger release dependents at exit. The default rounding is held
+// to 32 registers (8 CTAs per SM, as the general kernel; no spills), the rounding form to 40.
+// Measured on the H100 (S7-3, silu bf16, skip 0 / 50 / 90 % of the rows, tile 2 against the
+// general kernel): 8192×8192 66.8 / 37.0 / 20.6 µs → 67.4 / 35.5 / 11.9; 40 registers instead of
+// 32 gave 67.1 / 36.2 / 12.0; prefetching the next kept rows into L2 (prefetch.global.L2) was
+// 8-25 % slower at skip 0 (S7-2); loading the next kept row before computing the current one
+// (software pipelining, 40 registers) was slower at skip 90 % (S7-4).
 template <typename T, int kAct, bool kRound, bool kPdl>
-__global__ void __launch_bounds__(kiln_act::kThreads, kRound || kAct == kiln_act::kGelu ? 5 : 6) act_and_mul_tiled_kernel(const kiln_act::Params p) {
+__global__ void __launch_bounds__(kiln_act::kThreads, kRound ? 6 : 8) act_and_mul_tiled_kernel(const kiln_act::Params p) {
   using namespace kiln_act;
   constexpr int N = kiln::kVec16<T>;
   using V = kiln::Vec<T, N>;
@@ -356,26 +354,13 @@ __global__ void __launch_bounds__(kiln_act::kThreads, kRound || kAct == kiln_act
   T* __restrict__ out = static_cast<T*>(p.out) + first_row * p.out_stride + c * N;
   const long long in_step = static_cast<long long>(blockDim.y) * p.in_stride;
   const long long out_step = static_cast<long long>(blockDim.y) * p.out_stride;
-  // Kept rows two at a time, all four loads before the arithmetic (twice the bytes in flight per
-  // thread); an odd last one alone.
   while (kept) {
-    const int k0 = __ffs(kept) - 1;
+    const int k = __ffs(kept) - 1;
     kept &= kept - 1;
-    const int k1 = kept ? __ffs(kept) - 1 : -1;
-    kept &= kept - 1;
-    const T* g0 = in + k0 * in_step;
-    const V a = kiln::load_vec<T, N>(g0), b = kiln::load_vec<T, N>(g0 + p.d);
-    V c, d, r;
-    if (k1 >= 0) {
-      const T* g1 = in + k1 * in_step;
-      c = kiln::load_vec<T, N>(g1);
-      d = kiln::load_vec<T, N>(g1 + p.d);
-    }
-    unit<T, N, kAct, kRound, false>(r, a, b, p.clamp);
-    kiln::store_vec_stream<T, N>(out + k0 * out_step, r);
-    if (k1 >= 0) {
-      unit<T, N, kAct, kRound, false>(r, c, d, p.clamp);
-      kiln::store_vec_stream<T, N>(out + k1 * out_step, r);
-    }
+    const T* gate = in + k * in_step;
+    const V g = kiln::load_vec<T, N>(gate), u = kiln::load_vec<T, N>(gate + p.d);
+    V r;
+    unit<T, N, kAct, kRound, false>(r, g, u, p.clamp);
+    kiln::store_vec_stream<T, N>(out + k * out_step, r);
   }
 }

@@ -211,12 +211,12 @@ pub(crate) fn tiled_allowed(flags: i32, cfg: &LaunchConfig) -> bool {
 /// Most rows per thread row of the tiled kernel (one ballot of a warp gathers them).
 pub(crate) const MAX_TILE: u32 = 32;
 /// Filtered launches whose general grid has at least this many blocks (four waves of 8 CTAs on
-/// an H100) run the tiled kernel with [`TILE`] rows per thread row. Measured on the H100 (S7-13,
-/// silu bf16, skip 0 / 50 / 90 % of the rows, general kernel → tile 2 with kept rows in pairs):
-/// 8192×8192 66.9 / 37.1 / 20.6 µs → 67.4 / 35.4 / 11.4, 16384×28672 459 / 251 / 140 → 459 /
-/// 237 / 85, 2048×8192 (4096 blocks) 18.3 / 10.2 / 5.6 → 18.4 / 10.4 / 3.8. Below 4096 blocks
-/// the unskipped rows lose more (512×8192 skip 0: 5.8 → 6.2 µs). Tile 4 halves skip 90 % again
-/// (8192×8192 7.6 µs, 16384×28672 59 µs) but costs skip 0 1–1.5 %.
+/// an H100) run the tiled kernel with [`TILE`] rows per thread row. Measured on the H100 (S7-3,
+/// S7-4, silu bf16, skip 0 / 50 / 90 % of the rows): 8192×8192 66.8 / 37.0 / 20.6 µs → 67.4 /
+/// 35.5 / 11.9 with tile 2, 16384×28672 458 / 250 / 139 → 455 / 233 / 74, 2048×8192 (4096
+/// blocks) 18.2 / 10.1 / 5.6 → 18.8 / 10.9 / 4.2; below 4096 blocks, tiles cost the unskipped
+/// rows more (512×8192 skip 0: 5.8 → 6.1 µs). Larger tiles gain more at skip 90 % (tile 4: 8192×8192
+/// 8.0 µs, 16384×28672 55 µs) but cost skip 0 1–3 %.
 pub(crate) const TILED_MIN_BLOCKS: u64 = 4096;
 pub(crate) const TILE: u32 = 2;
 
