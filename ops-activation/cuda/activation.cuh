@@ -320,7 +320,10 @@ __global__ void __launch_bounds__(kiln_act::kThreads) act_and_mul_wide_kernel(co
 // general kernel): 8192×8192 66.8 / 37.0 / 20.6 µs → 67.4 / 35.5 / 11.9; 40 registers instead of
 // 32 gave 67.1 / 36.2 / 12.0; prefetching the next kept rows into L2 (prefetch.global.L2) was
 // 8-25 % slower at skip 0 (S7-2); loading the next kept row before computing the current one
-// (software pipelining, 40 registers) was slower at skip 90 % (S7-4).
+// (software pipelining, 40 registers) was slower at skip 90 % (S7-4); two kept rows per
+// iteration with all four loads first (40 registers, 6 CTAs per SM) gained 0.5-1 % at skip 0 from
+// 2048 rows but lost 15 % at skip 90 % on 8192-16384 × 2·14336 and 3-4 % on small launches with
+// the ids read before the wait (S7-13, S7-14).
 template <typename T, int kAct, bool kRound, bool kPdl>
 __global__ void __launch_bounds__(kiln_act::kThreads, kRound ? 6 : 8) act_and_mul_tiled_kernel(const kiln_act::Params p) {
   using namespace kiln_act;
