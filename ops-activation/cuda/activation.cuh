@@ -335,9 +335,10 @@ __global__ void __launch_bounds__(kiln_act::kThreads, kRound ? 6 : 8) act_and_mu
   const long long mine = first_row + static_cast<long long>(lane) * blockDim.y;
   // kIdsEarly (the caller vouches that the ids are final before this kernel starts): the ids
   // before the wait, and with kPrefetch the kept rows into L2 while the predecessor runs.
+  const auto kept_rows = [&] { return __ballot_sync(0xffffffffu, lane < p.tile && mine < p.rows && !row_skipped(p, mine)); };
   unsigned kept = 0;
   if (p.flags & kIdsEarly) {
-    kept = __ballot_sync(0xffffffffu, lane < p.tile && mine < p.rows && !row_skipped(p, mine));
+    kept = kept_rows();
     if constexpr (kPdl) {
       if ((p.flags & kPrefetch) && threadIdx.x == 0) {
         for (unsigned rest = kept; rest; rest &= rest - 1) {
@@ -348,9 +349,7 @@ __global__ void __launch_bounds__(kiln_act::kThreads, kRound ? 6 : 8) act_and_mu
   }
   kiln::pdl_wait<kPdl>();
   if (p.flags & kEarlyTrigger) kiln::pdl_launch_dependents<kPdl>();
-  if (!(p.flags & kIdsEarly)) {
-    kept = __ballot_sync(0xffffffffu, lane < p.tile && mine < p.rows && !row_skipped(p, mine));
-  }
+  if (!(p.flags & kIdsEarly)) kept = kept_rows();
   const long long c = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (!kept || c >= static_cast<long long>(static_cast<unsigned long long>(p.d) / N)) return;
   const T* __restrict__ in = static_cast<const T*>(p.in) + first_row * p.in_stride + c * N;
