@@ -143,6 +143,23 @@ KILN_DEVICE float lanes_sum(float v, int lanes) {
   return v;
 }
 
+// Shared-memory layouts without bank conflicts (measured: S8-5). A head lane reads its 8 (cos, sin)
+// pairs as four 16-byte slots and its weights as two 16-byte slots per chunk; stored plainly, the
+// lanes of one request would hit only 2 (table) or 4 (weights) of the 8 16-byte bank groups.
+// Table (NeoX): the slot of pairs (8l + 2m, 8l + 2m + 1) is 4l + ((m + (l >> 1)) & 3), so slot m of
+// the 8 (hd 128) or 16 (hd 256) lanes of a request covers every bank group once or twice. The
+// interleaved style reads pairs one by one from the plain layout.
+KILN_DEVICE int neox_slot(int l, int m) { return 4 * l + ((m + (l >> 1)) & 3); }
+
+KILN_DEVICE int table_index(int pair, bool neox) {
+  return neox ? 2 * neox_slot(pair >> 3, (pair >> 1) & 3) + (pair & 1) : pair;
+}
+
+// Weights: the two 16-byte halves of chunk c swap places when bit 2 of c is set.
+KILN_DEVICE int weight_slot(int c, int half) { return 2 * c + (half ^ ((c >> 2) & 1)); }
+
+KILN_DEVICE int weight_index(int i) { return 4 * weight_slot(i >> 3, (i >> 2) & 1) + (i & 3); }
+
 // A chunk travels as four 32-bit words, each holding two 16-bit elements (element 2i in the low
 // half of word i). kVec: one 16-byte access; else eight 2-byte accesses.
 using Chunk = kiln::Vec<kiln::u32, 4>;
@@ -253,14 +270,14 @@ KILN_DEVICE void rotate_pair(float& a, float& b, float c, float s, float attn) {
   }
 }
 
-// NeoX lane: element j of the first chunk pairs with element j of the second, pair index 8l + j;
-// `cs` points at the (c, s) of pair 8l.
+// NeoX lane l: element j of the first chunk pairs with element j of the second, pair index 8l + j
+// (the table in the NeoX layout, see neox_slot).
 template <bool kScale>
-KILN_DEVICE void rotate_neox(float (&e)[2 * kElems], const float2* cs, float attn) {
-  const float4* cs4 = reinterpret_cast<const float4*>(cs);
+KILN_DEVICE void rotate_neox(float (&e)[2 * kElems], const float2* table, int l, float attn) {
+  const float4* cs4 = reinterpret_cast<const float4*>(table);
 #pragma unroll
   for (int j2 = 0; j2 < kElems / 2; ++j2) {
-    const float4 v = cs4[j2];  // (c, s) of pairs 2·j2 and 2·j2 + 1
+    const float4 v = cs4[neox_slot(l, j2)];  // (c, s) of pairs 8l + 2·j2 and 8l + 2·j2 + 1
     rotate_pair<kScale>(e[2 * j2], e[kElems + 2 * j2], v.x, v.y, attn);
     rotate_pair<kScale>(e[2 * j2 + 1], e[kElems + 2 * j2 + 1], v.z, v.w, attn);
   }
@@ -299,8 +316,9 @@ KILN_DEVICE void transform(float (&e)[2 * kElems], const Params& p, const LaneCh
 #pragma unroll
     for (int q = 0; q < 2; ++q) {
       if (on && (q == 0 ? lc.has0 : lc.has1)) {
-        const float4* w4 = reinterpret_cast<const float4*>(w + (q == 0 ? lc.c0 : lc.c1) * kElems);
-        const float4 wa = w4[0], wb = w4[1];
+        const float4* w4 = reinterpret_cast<const float4*>(w);
+        const int c = q == 0 ? lc.c0 : lc.c1;
+        const float4 wa = w4[weight_slot(c, 0)], wb = w4[weight_slot(c, 1)];
         const float wv[kElems] = {wa.x, wa.y, wa.z, wa.w, wb.x, wb.y, wb.z, wb.w};
 #pragma unroll
         for (int j = 0; j < kElems; ++j) e[q * kElems + j] = __fmul_rn(__fmul_rn(e[q * kElems + j], r), wv[j]);
@@ -312,8 +330,8 @@ KILN_DEVICE void transform(float (&e)[2 * kElems], const Params& p, const LaneCh
   const bool scale = p.attention_factor != 1.0f;
   if ((p.flags & kInterleaved) == 0) {
     if (on && lc.neox) {
-      if (scale) rotate_neox<true>(e, table + l * kElems, p.attention_factor);
-      else rotate_neox<false>(e, table + l * kElems, 1.0f);
+      if (scale) rotate_neox<true>(e, table, l, p.attention_factor);
+      else rotate_neox<false>(e, table, l, 1.0f);
     }
   } else {
 #pragma unroll
@@ -380,8 +398,9 @@ __global__ void __launch_bounds__(kiln_rope::kMaxThreads, 3) rope_kernel(const _
     // load and reduce their heads.
     const long long pos = (p.flags & kPosI64) ? static_cast<const long long*>(p.positions)[token]
                                               : static_cast<long long>(static_cast<const int*>(p.positions)[token]);
+    const bool neox = (p.flags & kInterleaved) == 0;
 #pragma unroll 1
-    for (int i = tid - head_threads; i < pairs; i += n_table) table[i] = cos_sin(static_cast<unsigned long long>(pos), p.turns[i]);
+    for (int i = tid - head_threads; i < pairs; i += n_table) table[table_index(i, neox)] = cos_sin(static_cast<unsigned long long>(pos), p.turns[i]);
     kiln::pdl_launch_dependents<kPdl>();
   } else {
     Chunk raw0 = {}, raw1 = {};
@@ -392,8 +411,8 @@ __global__ void __launch_bounds__(kiln_rope::kMaxThreads, 3) rope_kernel(const _
       // than head_dim), loaded next to the chunks.
       const bool f32 = (p.flags & kWeightF32) != 0;
       for (int i = tid; i < p.head_dim; i += head_threads) {
-        weights[0][i] = load_weight<T>(p.q_weight, i, f32);
-        weights[1][i] = load_weight<T>(p.k_weight, i, f32);
+        weights[0][weight_index(i)] = load_weight<T>(p.q_weight, i, f32);
+        weights[1][weight_index(i)] = load_weight<T>(p.k_weight, i, f32);
       }
     }
     kiln::pdl_launch_dependents<kPdl>();
