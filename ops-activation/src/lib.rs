@@ -170,9 +170,10 @@ pub struct Shape {
 }
 
 impl Shape {
-    /// Packed rows: strides `2d` and `d`.
+    /// Packed rows: strides `2d` and `d` (saturating: a `d` whose `2d` overflows is then rejected
+    /// by the op's validation like any other impossible shape).
     pub const fn contiguous(rows: usize, d: usize) -> Shape {
-        Shape { rows, d, in_row_stride: 2 * d, out_row_stride: d }
+        Shape { rows, d, in_row_stride: d.saturating_mul(2), out_row_stride: d }
     }
 
     /// Explicit strides (views into larger buffers).
@@ -436,19 +437,6 @@ pub fn params_bytes(spec: &KernelSpec) -> Option<usize> {
     std::ptr::eq(spec.source(), &SOURCE).then_some(ffi::PARAMS_BYTES)
 }
 
-/// Rejects buffers of another CUDA context than the runtime's.
-fn same_context<T>(op: &'static str, rt: &Runtime, what: &str, buf: &(impl DeviceSlice<T> + ?Sized)) -> Result<()> {
-    let ctx = buf.stream().context();
-    ensure!(
-        ctx.cu_ctx() == rt.context().cu_ctx(),
-        op,
-        "{what} belongs to device {} (another CUDA context), the runtime to device {}",
-        ctx.ordinal(),
-        rt.ordinal()
-    );
-    Ok(())
-}
-
 fn request<T: Float>(
     op: &'static str,
     act: Activation,
@@ -480,16 +468,16 @@ fn check_contexts<T>(
     out: Option<&dyn DeviceSlice<T>>,
     opts: &Options<'_>,
 ) -> Result<()> {
-    same_context(op, rt, "input", input)?;
+    rt.check_context(op, "input", input)?;
     if let Some(o) = out {
-        same_context(op, rt, "out", o)?;
+        rt.check_context(op, "out", o)?;
     }
     if let Some(e) = opts.expert {
-        same_context(op, rt, "expert_ids", e.ids)?;
+        rt.check_context(op, "expert_ids", e.ids)?;
     }
     if let Some(s) = opts.sorted {
-        same_context(op, rt, "sorted_token_ids", s.sorted_token_ids)?;
-        same_context(op, rt, "num_tokens_post_padded", s.num_tokens_post_padded)?;
+        rt.check_context(op, "sorted_token_ids", s.sorted_token_ids)?;
+        rt.check_context(op, "num_tokens_post_padded", s.num_tokens_post_padded)?;
     }
     Ok(())
 }
@@ -525,8 +513,8 @@ fn run<T: Float>(
 /// `out[r·out_row_stride + i] = act(x_g) · x_u` with `x_g = input[r·in_row_stride + i]`,
 /// `x_u = input[r·in_row_stride + d + i]`, default rounding, no filter.
 ///
-/// `input` must hold `(rows-1)·in_row_stride + 2d` elements and `out` `(rows-1)·out_row_stride
-/// + d`; elements of `out` between rows are left untouched.
+/// `input` must hold `(rows-1)·in_row_stride + 2d` elements and `out`
+/// `(rows-1)·out_row_stride + d`; elements of `out` between rows are left untouched.
 pub fn act_and_mul<T: Float>(
     rt: &Runtime,
     act: Activation,
@@ -552,6 +540,8 @@ pub fn act_and_mul_with<T: Float>(
 
 /// Allocating form of [`act_and_mul_with`]: returns a new packed `rows × d` buffer. Row filters
 /// are refused (skipped rows would be uninitialised memory): pass an output buffer instead.
+/// Allocates the output on the runtime's stream on every call: inside a CUDA-graph capture use the
+/// out-parameter form with a buffer allocated beforehand (it allocates nothing).
 pub fn act_and_mul_alloc<T: Float>(
     rt: &Runtime,
     act: Activation,
@@ -585,6 +575,8 @@ macro_rules! named_ops {
         }
 
         #[doc = concat!("Allocating form of [`", stringify!($plain), "`]: `input` holds exactly `rows·2d` elements; returns `rows·d`.")]
+        #[doc = ""]
+        #[doc = "Allocates on every call: inside a CUDA-graph capture use the out-parameter form."]
         pub fn $alloc<T: Float>(rt: &Runtime, input: &impl DevicePtr<T>, rows: usize, d: usize) -> Result<CudaSlice<T>> {
             let op = $act.op();
             let want = mul(op, rows, mul(op, 2, d, "2*d")?, "rows*2*d")?;

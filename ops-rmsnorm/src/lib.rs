@@ -29,6 +29,7 @@
 //! use kiln_runtime::half::bf16;
 //!
 //! let rt = Runtime::new(0)?;
+//! rt.preload(&kiln_rmsnorm::kernel_specs())?; // before any CUDA-graph capture
 //! let (tokens, hidden) = (8, 4096);
 //! let x = rt.stream().clone_htod(&vec![bf16::from_f32(0.5); tokens * hidden])?;
 //! let w = rt.stream().clone_htod(&vec![bf16::from_f32(1.0); hidden])?;
@@ -50,7 +51,7 @@ pub mod reference;
 use std::sync::LazyLock;
 
 use half::{bf16, f16};
-use kiln_runtime::cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceSlice};
+use kiln_runtime::cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
 use kiln_runtime::{
     Dtype, DtypeId, Error, FastMath, KernelSource, KernelSpec, MathPolicy, PRELUDE, Result, Runtime, TemplateArg, template_expr,
 };
@@ -242,18 +243,6 @@ pub fn params_bytes(spec: &KernelSpec) -> Option<usize> {
     std::ptr::eq(spec.source(), &SOURCE).then_some(ffi::PARAMS_BYTES)
 }
 
-fn same_context<T>(rt: &Runtime, op: &'static str, name: &str, b: &impl DeviceSlice<T>) -> Result<()> {
-    let (theirs, ours) = (b.stream().context(), rt.context());
-    kiln_runtime::ensure!(
-        theirs.cu_ctx() == ours.cu_ctx(),
-        op,
-        "{name} lives on GPU {} (another context), the runtime on GPU {}",
-        theirs.ordinal(),
-        ours.ordinal()
-    );
-    Ok(())
-}
-
 /// Validates, then launches on `rt`'s stream. Pointers are taken from guards the callers keep
 /// alive across this call.
 fn execute<T: Activation, W: WeightOf<T>>(rt: &Runtime, req: &Request, ptrs: [u64; 4]) -> Result<()> {
@@ -367,8 +356,8 @@ pub fn rms_norm_inplace<T: Activation, W: WeightOf<T>>(
     norm: Norm,
 ) -> Result<()> {
     const OP: &str = "rms_norm_inplace";
-    same_context(rt, OP, "x", x)?;
-    same_context(rt, OP, "weight", weight)?;
+    rt.check_context(OP, "x", x)?;
+    rt.check_context(OP, "weight", weight)?;
     let mut req = request::<T, W>(rt, OP, shape, norm, None);
     req.x = Buf { ptr: 0, len: x.len() };
     req.weight = Buf { ptr: 0, len: weight.len() };
@@ -382,6 +371,8 @@ pub fn rms_norm_inplace<T: Activation, W: WeightOf<T>>(
 
 /// Allocating form: a new contiguous `rows × hidden` buffer holding `norm(x)`
 /// (`shape.out_stride` must be `hidden`).
+/// Allocates the output on the runtime's stream on every call: inside a CUDA-graph capture use the
+/// out-parameter form with a buffer allocated beforehand (it allocates nothing).
 pub fn rms_norm_alloc<T: Activation, W: WeightOf<T>>(
     rt: &Runtime,
     x: &impl DevicePtr<T>,
@@ -439,9 +430,9 @@ fn launch_separate<T: Activation, W: WeightOf<T>>(
     norm: Norm,
     force: Option<Variant>,
 ) -> Result<()> {
-    same_context(rt, op, "x", x)?;
-    same_context(rt, op, "weight", weight)?;
-    same_context(rt, op, "out", out)?;
+    rt.check_context(op, "x", x)?;
+    rt.check_context(op, "weight", weight)?;
+    rt.check_context(op, "out", out)?;
     let mut req = request::<T, W>(rt, op, shape, norm, force);
     let out_len = out.len();
     let stream = rt.stream();
@@ -465,9 +456,9 @@ fn launch_fused<T: Activation, W: WeightOf<T>>(
     norm: Norm,
     force: Option<Variant>,
 ) -> Result<()> {
-    same_context(rt, op, "x", x)?;
-    same_context(rt, op, "residual", residual)?;
-    same_context(rt, op, "weight", weight)?;
+    rt.check_context(op, "x", x)?;
+    rt.check_context(op, "residual", residual)?;
+    rt.check_context(op, "weight", weight)?;
     let mut req = request::<T, W>(rt, op, shape, norm, force);
     let (x_len, r_len) = (x.len(), residual.len());
     let stream = rt.stream();

@@ -32,6 +32,7 @@
 //! use kiln_runtime::{Runtime, half::bf16};
 //!
 //! let rt = Runtime::new(0)?;
+//! rt.preload(&kiln_rope::kernel_specs())?; // before any CUDA-graph capture
 //! let heads = Heads { nq: 32, nk: 4, nv: 4, head_dim: 128 };
 //! let (tokens, width) = (16, 40 * 128);
 //! let stream = rt.stream();
@@ -241,6 +242,10 @@ pub fn fused_qk_norm_rope<T: Element, W: NormWeight<T>, P: Position>(
     cfg: &QkNormRope,
 ) -> Result<()> {
     check_fused(cfg, rows, qkv.len(), q_weight.len(), k_weight.len(), positions.len())?;
+    rt.check_context(FUSED, "qkv", qkv)?;
+    rt.check_context(FUSED, "q_weight", q_weight)?;
+    rt.check_context(FUSED, "k_weight", k_weight)?;
+    rt.check_context(FUSED, "positions", positions)?;
     let h = cfg.heads;
     let Some(plan) = plan::plan(rows.tokens, h.nq, h.nk, h.head_dim, &cfg.rope, cfg.eps) else {
         return Ok(());
@@ -266,6 +271,8 @@ pub fn apply_rope_qkv<T: Element, P: Position>(
     rope: &Rope,
 ) -> Result<()> {
     check_apply_qkv(heads, rope, rows, qkv.len(), positions.len())?;
+    rt.check_context(APPLY_QKV, "qkv", qkv)?;
+    rt.check_context(APPLY_QKV, "positions", positions)?;
     let Some(plan) = plan::plan(rows.tokens, heads.nq, heads.nk, heads.head_dim, rope, 1.0) else {
         return Ok(());
     };
@@ -292,6 +299,9 @@ pub fn apply_rope<T: Element, P: Position>(
     rope: &Rope,
 ) -> Result<()> {
     let (nq, nk) = check_apply(head_dim, rope, q_rows, q.len(), k_rows, k.len(), positions.len())?;
+    rt.check_context(APPLY, "q", q)?;
+    rt.check_context(APPLY, "k", k)?;
+    rt.check_context(APPLY, "positions", positions)?;
     let Some(plan) = plan::plan(q_rows.tokens, nq, nk, head_dim, rope, 1.0) else {
         return Ok(());
     };

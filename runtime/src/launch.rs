@@ -132,7 +132,9 @@ impl Kernel {
         &self.compiled
     }
 
-    /// Resident blocks per SM for a block size and dynamic shared memory (memoised per kernel).
+    /// Resident blocks per SM for a block size and dynamic shared memory (memoised per kernel; the
+    /// first query of a shape asks the driver, a host-side call that is legal during stream
+    /// capture).
     pub fn blocks_per_sm(&self, block: u32, smem: u32) -> Result<u32> {
         if let Some(v) = self.occupancy.get(&(block, smem)) {
             return Ok(*v);

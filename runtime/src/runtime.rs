@@ -2,7 +2,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use cudarc::driver::{CudaContext, CudaStream};
+use cudarc::driver::{CudaContext, CudaStream, DeviceSlice};
 use dashmap::DashMap;
 
 use crate::arch::Arch;
@@ -89,6 +89,19 @@ impl Runtime {
     /// The CUDA context.
     pub fn context(&self) -> &Arc<CudaContext> {
         &self.ctx
+    }
+    /// `Err` naming `op`, `name` and both devices unless `buf` lives in this runtime's CUDA
+    /// context: a kernel given another device's pointer faults (and poisons the context) or
+    /// reads the wrong memory. Every op checks each buffer it is given.
+    pub fn check_context<T>(&self, op: &'static str, name: &str, buf: &(impl DeviceSlice<T> + ?Sized)) -> Result<()> {
+        let theirs = buf.stream().context();
+        if theirs.cu_ctx() == self.ctx.cu_ctx() {
+            return Ok(());
+        }
+        Err(Error::invalid(
+            op,
+            format!("{name} lives on GPU {} (another CUDA context), the runtime on GPU {}", theirs.ordinal(), self.ctx.ordinal()),
+        ))
     }
     /// Device ordinal.
     pub fn ordinal(&self) -> usize {

@@ -321,6 +321,38 @@ fn two_gpus() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Every op refuses a buffer of another GPU with an `Err` naming it (a kernel given a foreign
+/// pointer would fault and poison the context).
+fn foreign_buffers() -> anyhow::Result<()> {
+    let (a, b) = (Runtime::new(0)?, Runtime::new(1)?);
+    let (rows, d) = (4usize, 128usize);
+    let theirs: CudaSlice<bf16> = b.stream().alloc_zeros(rows * 2 * d)?;
+    let mut ours: CudaSlice<bf16> = a.stream().alloc_zeros(rows * 2 * d)?;
+    let expect = |what: &str, r: kiln_runtime::Result<()>| -> anyhow::Result<()> {
+        match r {
+            Err(Error::InvalidArgument { reason, .. }) if reason.contains("another CUDA context") && reason.contains("GPU 1") => Ok(()),
+            other => anyhow::bail!("{what}: expected the foreign buffer to be refused, got {other:?}"),
+        }
+    };
+    expect("silu_and_mul", kiln_activation::silu_and_mul(&a, &theirs, &mut ours, rows, d))?;
+    let w: CudaSlice<bf16> = a.stream().alloc_zeros(2 * d)?;
+    let shape = kiln_rmsnorm::Shape::new(rows, 2 * d);
+    expect("rms_norm_hf", kiln_rmsnorm::rms_norm_hf(&a, &theirs, &w, &mut ours, shape, 1e-6))?;
+    let positions: CudaSlice<i32> = a.stream().alloc_zeros(rows)?;
+    let heads = kiln_rope::Heads { nq: 1, nk: 1, nv: 0, head_dim: d };
+    let mut foreign = theirs.clone();
+    let rope = kiln_rope::Rope::neox(1e4, d);
+    expect(
+        "apply_rope_qkv",
+        kiln_rope::apply_rope_qkv(&a, &mut foreign, kiln_rope::Rows::contiguous(rows, 2 * d), &positions, heads, &rope),
+    )?;
+    let q: CudaSlice<E4m3> = a.stream().alloc_zeros(rows * d)?;
+    let s: CudaSlice<E8m0> = b.stream().alloc_zeros(rows * d / 32)?;
+    let layout = kiln_mxfp8::ScaleLayout::RowMajor;
+    expect("dequantize_mxfp8", kiln_mxfp8::dequantize_mxfp8(&a, &q, &s, &mut ours, kiln_mxfp8::Mxfp8Shape::contiguous(rows, d), layout))?;
+    Ok(())
+}
+
 fn main() {
     if std::env::var("KILN_TEST_CHILD").as_deref() == Ok("reload") {
         if let Err(e) = child_reload() {
@@ -342,6 +374,7 @@ fn main() {
         trial("t2::runtime::rejected_cubin_is_quarantined_and_rebuilt", Need::Gpu, rejected_cubin_is_rebuilt),
         trial("t2::runtime::preload_then_kernel_is_a_memory_hit", Need::Gpu, preload_then_memory),
         trial("t2::runtime::two_gpus_share_one_compile", Need::Gpus(2), two_gpus),
+        trial("t2::runtime::ops_refuse_buffers_of_another_gpu", Need::Gpus(2), foreign_buffers),
     ];
     for w in [1, 4, 32] {
         trials.push(trial(format!("t2::runtime::sanitize::reduce_w{w}"), Need::Gpu, move || reduce(w)));
