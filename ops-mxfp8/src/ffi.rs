@@ -49,6 +49,7 @@ fn x_map(addr: u64, rows: usize, k: usize, x_stride: usize) -> Result<sys::CUten
         addr,
         sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_UINT16,
         [k as u64, rows as u64],
+        // `quant::plan` bounded x_stride by MAX_EXTENT (i64::MAX / 16): no overflow.
         x_stride as u64 * 2,
         [TILE_COLS as u32, TILE_ROWS as u32],
         sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_NONE,
@@ -110,7 +111,9 @@ fn launch(rt: &Runtime, plan: &Plan, a: &Addrs, choice: QuantKernel) -> Result<(
     }
     // SAFETY: `Params` mirrors `Mxfp8Params` (size asserted above and against the PTX in T1).
     // `quant::plan` checked: the dtype is one the kernel is instantiated for; x/out hold
-    // (rows-1)*x_stride+k elements and q (rows-1)*q_stride+k bytes; k is a multiple of 32 (128 when
+    // (rows-1)*x_stride+k elements and q (rows-1)*q_stride+k bytes, both strides and extents at
+    // most MAX_EXTENT (i64::MAX / 16, so the kernel's 64-bit offsets, 8-row steps and byte offsets
+    // cannot overflow); every buffer lives in the runtime's context; k is a multiple of 32 (128 when
     // blocked); the dense scale tensor holds padded_rows(rows)*k/32 bytes, a grouped one exactly
     // scale_rows*k/32 (whole 128-row groups when blocked); rows ≤ i32::MAX; the three metadata
     // buffers hold num_experts ≤ 1024 int32 each (null in the dense form), and their contents are
@@ -132,6 +135,11 @@ pub(crate) fn quantize<T: Dtype, M: DevicePtr<i32>>(
     choice: QuantKernel,
 ) -> Result<()> {
     debug_assert_eq!(plan.dir, Dir::Quantize);
+    let op = plan.dir.op();
+    rt.check_context(op, "x", x)?;
+    rt.check_context(op, "q", &*q)?;
+    rt.check_context(op, "scales", &*scales)?;
+    check_meta_contexts(rt, op, experts.as_ref())?;
     let s = rt.stream();
     let guards =
         experts.as_ref().map(|e| (e.expert_offsets.device_ptr(s), e.tokens_per_expert.device_ptr(s), e.blockscale_offsets.device_ptr(s)));
@@ -152,6 +160,11 @@ pub(crate) fn dequantize<T: Dtype, M: DevicePtr<i32>>(
     experts: Option<Experts<'_, M>>,
 ) -> Result<()> {
     debug_assert_eq!(plan.dir, Dir::Dequantize);
+    let op = plan.dir.op();
+    rt.check_context(op, "q", q)?;
+    rt.check_context(op, "scales", scales)?;
+    rt.check_context(op, "out", &*out)?;
+    check_meta_contexts(rt, op, experts.as_ref())?;
     let s = rt.stream();
     let guards =
         experts.as_ref().map(|e| (e.expert_offsets.device_ptr(s), e.tokens_per_expert.device_ptr(s), e.blockscale_offsets.device_ptr(s)));
@@ -160,4 +173,14 @@ pub(crate) fn dequantize<T: Dtype, M: DevicePtr<i32>>(
     let (scales, _gs) = scales.device_ptr(s);
     let (x, _gx) = out.device_ptr_mut(s);
     launch(rt, plan, &Addrs { x, q, scales, meta }, QuantKernel::Registers)
+}
+
+/// The expert metadata must live in the runtime's context too (see `Runtime::check_context`).
+pub(crate) fn check_meta_contexts<M: DevicePtr<i32>>(rt: &Runtime, op: &'static str, experts: Option<&Experts<'_, M>>) -> Result<()> {
+    if let Some(e) = experts {
+        rt.check_context(op, "expert_offsets", e.expert_offsets)?;
+        rt.check_context(op, "tokens_per_expert", e.tokens_per_expert)?;
+        rt.check_context(op, "blockscale_offsets", e.blockscale_offsets)?;
+    }
+    Ok(())
 }

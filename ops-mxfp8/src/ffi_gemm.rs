@@ -141,9 +141,10 @@ pub(crate) fn launch(rt: &Runtime, plan: &GemmPlan, p: &GemmPtrs) -> Result<()> 
         // size against the PTX in T1). `gemm::plan` checked: the weights hold experts·n·k bytes
         // and their scales experts·n·k/32; tokens hold rows·k bytes and out rows·n elements of the
         // spec's dtype; the token scales are scale_rows·k/32 bytes with scale_rows a multiple of
-        // 128; k and n are multiples of 128, experts ≤ 1024, experts·n and rows ≤ i32::MAX; the
-        // metadata buffers hold `experts` int32 each (their contents are clamped on the device so
-        // that every access stays inside those bounds, whole 128-row scale atoms included); the
+        // 128; k and n are multiples of 128, experts ≤ 1024, experts·n, k and rows ≤ i32::MAX (so
+        // the int32 fields hold them); the metadata buffers hold `experts` int32 each (their
+        // contents are clamped on the device so that every access stays inside those bounds, whole
+        // 128-row scale atoms included); the
         // operand pointers are 16-byte aligned, out 4-byte aligned; the tensor maps describe
         // exactly the tokens and weights buffers; the dynamic shared memory is the kernel's own
         // formula for `experts` (the kernel traps if it gets less). The caller holds the buffers'

@@ -286,9 +286,11 @@ pub(crate) fn choose(arch: Arch, shape: &GroupedGemmShape, pinned: Option<GemmKe
         return Ok(k);
     }
     match arch.major {
-        9 => {
-            Ok(if shape.rows <= DECODE_MAX_TOKENS_PER_EXPERT * shape.experts { GemmKernel::WgmmaDecode } else { GemmKernel::WgmmaPrefill })
-        }
+        9 => Ok(if shape.rows <= DECODE_MAX_TOKENS_PER_EXPERT.saturating_mul(shape.experts) {
+            GemmKernel::WgmmaDecode
+        } else {
+            GemmKernel::WgmmaPrefill
+        }),
         10 => Ok(GemmKernel::Sm100),
         _ => Err(Error::UnsupportedArch {
             arch,
@@ -309,6 +311,7 @@ pub(crate) fn plan(
     let GroupedGemmShape { experts, n, k, rows } = shape;
     ensure!(DTYPES.contains(&dtype), OP, "unsupported output dtype {dtype}: the GEMM writes bf16 or f16");
     ensure!(k > 0 && k % 128 == 0, OP, "k={k} is not a positive multiple of 128 (four 32-element scale blocks per 128×4 atom)");
+    ensure!(k <= i32::MAX as usize, OP, "k={k} exceeds i32::MAX (the kernels take K as int32)");
     ensure!(n > 0 && n % 128 == 0, OP, "n={n} is not a positive multiple of 128 (the weight tile and the weight scale atoms)");
     ensure!(experts >= 1, OP, "experts=0: the weights hold at least one expert");
     ensure!(experts <= MAX_EXPERTS, OP, "experts={experts} exceeds {MAX_EXPERTS} (the per-CTA expert table of the tile scheduler)");
@@ -320,17 +323,19 @@ pub(crate) fn plan(
     );
     ensure!(rows <= i32::MAX as usize, OP, "rows={rows} exceeds i32::MAX (expert offsets are int32)");
     let nkb = k / BLOCK;
-    let wn = experts * n * k;
+    let wn = checked_len("experts*n*k", &[("experts", experts), ("n", n), ("k", k)])?;
     ensure!(lens.weights == wn, OP, "weights.len()={} != experts*n*k={wn} (experts={experts}, n={n}, k={k})", lens.weights);
+    let wsn = checked_len("experts*n*k/32", &[("experts", experts), ("n", n), ("k/32", nkb)])?;
     ensure!(
-        lens.weight_scales == experts * n * nkb,
+        lens.weight_scales == wsn,
         OP,
-        "weight_scales.len()={} != experts*n*k/32={} (experts={experts}, n={n}, k={k})",
-        lens.weight_scales,
-        experts * n * nkb
+        "weight_scales.len()={} != experts*n*k/32={wsn} (experts={experts}, n={n}, k={k})",
+        lens.weight_scales
     );
-    ensure!(lens.tokens == rows * k, OP, "tokens.len()={} != rows*k={} (rows={rows}, k={k})", lens.tokens, rows * k);
-    ensure!(lens.out == rows * n, OP, "out.len()={} != rows*n={} (rows={rows}, n={n})", lens.out, rows * n);
+    let tn = checked_len("rows*k", &[("rows", rows), ("k", k)])?;
+    ensure!(lens.tokens == tn, OP, "tokens.len()={} != rows*k={tn} (rows={rows}, k={k})", lens.tokens);
+    let on = checked_len("rows*n", &[("rows", rows), ("n", n)])?;
+    ensure!(lens.out == on, OP, "out.len()={} != rows*n={on} (rows={rows}, n={n})", lens.out);
     let group = ATOM_ROWS * nkb;
     ensure!(
         lens.token_scales.is_multiple_of(group),
@@ -361,6 +366,19 @@ pub(crate) fn plan(
     Ok(Some(GemmPlan { kernel, dtype, shape, scale_rows, smem: kernel.smem_bytes(experts) as u32 }))
 }
 
+/// The product of `factors` (named values) as a buffer length, or an `Err` naming the product,
+/// its exact value and the factors when it overflows `usize`.
+fn checked_len(expr: &str, factors: &[(&str, usize)]) -> Result<usize> {
+    factors.iter().try_fold(1usize, |acc, &(_, f)| acc.checked_mul(f)).ok_or_else(|| {
+        let exact = factors
+            .iter()
+            .try_fold(1u128, |acc, &(_, f)| acc.checked_mul(f as u128))
+            .map_or_else(|| "more than u128::MAX".to_string(), |v| v.to_string());
+        let named = factors.iter().map(|(name, v)| format!("{name}={v}")).collect::<Vec<_>>().join(", ");
+        Error::invalid(OP, format!("{expr}={exact} overflows usize ({named})"))
+    })
+}
+
 /// The grouped MXFP8 GEMM of an MoE layer, for every expert g and each of its token rows t
 /// (`expert_offsets[g] ≤ t < expert_offsets[g] + tokens_per_expert[g]`):
 ///
@@ -385,7 +403,7 @@ pub(crate) fn plan(
 ///   [`Error::UnsupportedArch`].
 ///
 /// Errors ([`Error::InvalidArgument`], naming the values): K or N not a positive multiple of
-/// 128, more than [`MAX_EXPERTS`] experts, buffer lengths inconsistent with E, N, K and `rows`,
+/// 128, K above `i32::MAX`, more than [`MAX_EXPERTS`] experts, buffer lengths inconsistent with E, N, K and `rows`,
 /// token scales not a whole number of 128-row groups, metadata lengths ≠ E, a workspace that is
 /// too small, misaligned pointers (16 bytes for the operands, 4 for `out`).
 ///
@@ -397,13 +415,13 @@ pub(crate) fn plan(
 /// let s = rt.stream();
 /// let (e, n, k, tokens) = (4usize, 4096usize, 7168usize, [3i32, 0, 130, 7]);
 /// let rows: usize = tokens.iter().map(|&m| m as usize).sum();
-/// let (bso, scale_rows) = layout::blockscale_offsets(&tokens, kiln_mxfp8::ScaleLayout::Blocked128x4);
+/// let (bso, scale_rows) = layout::blockscale_offsets(&tokens, kiln_mxfp8::ScaleLayout::Blocked128x4)?;
 /// // Weights and their scales (e.g. loaded from a checkpoint), tokens from quantize_mxfp8_grouped.
 /// let w = s.alloc_zeros::<E4m3>(e * n * k).unwrap();
 /// let ws = s.alloc_zeros::<E8m0>(e * n * k / 32).unwrap();
 /// let x = s.alloc_zeros::<E4m3>(rows * k).unwrap();
 /// let xs = s.alloc_zeros::<E8m0>(scale_rows * k / 32).unwrap();
-/// let offsets = s.clone_htod(&layout::expert_offsets(&tokens)).unwrap();
+/// let offsets = s.clone_htod(&layout::expert_offsets(&tokens)?).unwrap();
 /// let counts = s.clone_htod(&tokens).unwrap();
 /// let bso = s.clone_htod(&bso).unwrap();
 /// let shape = GroupedGemmShape { experts: e, n, k, rows };
@@ -461,6 +479,13 @@ where
     XQ: DevicePtr<E4m3>,
     XS: DevicePtr<E8m0>,
 {
+    rt.check_context(OP, "weights.data", weights.data)?;
+    rt.check_context(OP, "weights.scales", weights.scales)?;
+    rt.check_context(OP, "tokens.data", tokens.data)?;
+    rt.check_context(OP, "tokens.scales", tokens.scales)?;
+    rt.check_context(OP, "out", &*out)?;
+    rt.check_context(OP, "workspace", &*workspace)?;
+    crate::ffi::check_meta_contexts(rt, OP, Some(&experts))?;
     let st = rt.stream();
     let (wq, _g0) = weights.data.device_ptr(st);
     let (ws, _g1) = weights.scales.device_ptr(st);
@@ -576,6 +601,27 @@ mod tests {
         assert!(r(GemmLens { out: 2561, ..good }).contains("out.len()=2561 != rows*n=2560"));
         assert!(r(GemmLens { token_scales: 8 * 200, ..good }).contains("token_scales.len()=1600"));
         assert!(r(GemmLens { meta: [2, 3, 2], ..good }).contains("tokens_per_expert.len()=3"));
+    }
+
+    #[test]
+    fn oversized_k_and_lengths_are_errors() {
+        // experts·n·k overflowed (a debug panic) and k was cast to int32 unchecked.
+        let s = shape(1, 128, 1 << 58, 4);
+        let l = GemmLens { weights: 0, weight_scales: 0, tokens: 0, token_scales: 0, meta: [1; 3], out: 512, workspace: 0 };
+        assert!(reason(check(s, l, GemmAddrs::default())).contains("k=288230376151711744 exceeds i32::MAX"));
+        let s = shape(1, 128, 1 << 31, 1);
+        assert!(reason(check(s, l, GemmAddrs::default())).contains("k=2147483648 exceeds i32::MAX"));
+        // The largest K the kernels take plans.
+        let s = shape(1, 128, (1 << 31) - 128, 1);
+        assert!(check(s, lens(s, 128), GemmAddrs::default()).unwrap().is_some());
+        // What `plan` reports if a product ever overflows (not reachable on 64-bit once K is bounded).
+        let r = reason(checked_len("rows*k", &[("rows", usize::MAX), ("k", 2)]).map(|_| None));
+        assert_eq!(r, "rows*k=36893488147419103230 overflows usize (rows=18446744073709551615, k=2)");
+        let r = reason(checked_len("experts*n*k", &[("experts", usize::MAX), ("n", usize::MAX), ("k", usize::MAX)]).map(|_| None));
+        assert!(r.starts_with("experts*n*k=more than u128::MAX overflows usize (experts=18446744073709551615"), "{r}");
+        assert_eq!(checked_len("rows*n", &[("rows", 3), ("n", 128)]).unwrap(), 384);
+        // The kernel choice of an unvalidated shape does not overflow either.
+        assert_eq!(choose(Arch::SM90, &shape(usize::MAX, 128, 128, 4), None).unwrap(), GemmKernel::WgmmaDecode);
     }
 
     #[test]

@@ -227,8 +227,8 @@ mod tests {
         let wf: Vec<f32> = (0..e * n * k).map(|_| rnd()).collect();
         let xf: Vec<f32> = (0..rows * k).map(|_| rnd()).collect();
         let (wq, ws) = quantize(&wf, e * n, k, ScaleLayout::Blocked128x4);
-        let (offs, scale_rows) = blockscale_offsets(&counts, ScaleLayout::Blocked128x4);
-        let eoffs = expert_offsets(&counts);
+        let (offs, scale_rows) = blockscale_offsets(&counts, ScaleLayout::Blocked128x4).unwrap();
+        let eoffs = expert_offsets(&counts).unwrap();
         let ex = Experts { offsets: &eoffs, tokens: &counts, scale_offsets: &offs };
         let mut xq = vec![E4m3(0); rows * k];
         let mut xs = vec![E8m0(0xFF); scale_rows * k / BLOCK];

@@ -2,6 +2,8 @@
 //! layouts and their byte offsets. The device twin is `cuda/layout.cuh` (same names, same
 //! formulas); change both together.
 
+use kiln_runtime::{Error, Result};
+
 /// Elements per E8M0 scale (one block of a row along K).
 pub const BLOCK: usize = 32;
 /// Rows of one 128×4 scale atom.
@@ -61,17 +63,28 @@ impl ScaleLayout {
     }
 
     /// Scale rows that `rows` token rows occupy (rounded up to whole atoms when blocked).
+    /// Saturates at `usize::MAX` for `rows` within 127 of it (a size no tensor has).
     pub const fn padded_rows(self, rows: usize) -> usize {
-        rows.div_ceil(self.row_multiple()) * self.row_multiple()
+        rows.div_ceil(self.row_multiple()).saturating_mul(self.row_multiple())
     }
 
-    /// Bytes of the scale tensor of a dense `[rows, k]` tensor.
+    /// Bytes of the scale tensor of a dense `[rows, k]` tensor. Saturates at `usize::MAX` when the
+    /// size does not fit `usize` (such a shape can have no buffer; the ops reject it with an `Err`).
     pub const fn scale_bytes(self, rows: usize, k: usize) -> usize {
-        self.padded_rows(rows) * (k / BLOCK)
+        self.padded_rows(rows).saturating_mul(k / BLOCK)
+    }
+
+    /// [`ScaleLayout::scale_bytes`], `None` when it does not fit `usize` (what the ops validate with).
+    pub(crate) const fn checked_scale_bytes(self, rows: usize, k: usize) -> Option<usize> {
+        match rows.div_ceil(self.row_multiple()).checked_mul(self.row_multiple()) {
+            Some(padded) => padded.checked_mul(k / BLOCK),
+            None => None,
+        }
     }
 
     /// Byte offset of the scale of `(scale row srow, K-block kb)` when there are `nkb = k / 32`
-    /// K-blocks per row.
+    /// K-blocks per row. Like an index, the arguments must address a scale tensor whose size fits
+    /// `usize` (larger ones overflow).
     ///
     /// ```
     /// use kiln_mxfp8::ScaleLayout;
@@ -95,37 +108,61 @@ pub const fn blocked_offset(srow: usize, kb: usize, nkb: usize) -> usize {
 
 /// The `blockscale_offsets` SGLang's callers use: the exclusive prefix sum of
 /// `round_up(tokens[g], 128)` (blocked) or of `tokens[g]` (row-major), and the scale rows they
-/// need in all.
+/// need in all. Negative counts count as 0. An offset past `i32::MAX` (the metadata is int32) is
+/// an [`Error::InvalidArgument`] naming the expert and the offset.
 ///
 /// ```
 /// use kiln_mxfp8::{ScaleLayout, layout::blockscale_offsets};
-/// assert_eq!(blockscale_offsets(&[3, 0, 129], ScaleLayout::Blocked128x4), (vec![0, 128, 128], 384));
-/// assert_eq!(blockscale_offsets(&[3, 0, 129], ScaleLayout::RowMajor), (vec![0, 3, 3], 132));
+/// assert_eq!(blockscale_offsets(&[3, 0, 129], ScaleLayout::Blocked128x4)?, (vec![0, 128, 128], 384));
+/// assert_eq!(blockscale_offsets(&[3, 0, 129], ScaleLayout::RowMajor)?, (vec![0, 3, 3], 132));
+/// assert!(blockscale_offsets(&[i32::MAX, 1], ScaleLayout::Blocked128x4).is_err());
+/// # Ok::<(), kiln_runtime::Error>(())
 /// ```
-pub fn blockscale_offsets(tokens_per_expert: &[i32], layout: ScaleLayout) -> (Vec<i32>, usize) {
+pub fn blockscale_offsets(tokens_per_expert: &[i32], layout: ScaleLayout) -> Result<(Vec<i32>, usize)> {
+    const OP: &str = "blockscale_offsets";
     let mut at = 0usize;
-    let offsets = tokens_per_expert
-        .iter()
-        .map(|&m| {
-            let o = at;
-            at += layout.padded_rows(m.max(0) as usize);
-            o as i32
-        })
-        .collect();
-    (offsets, at)
+    let mut offsets = Vec::with_capacity(tokens_per_expert.len());
+    for (g, &m) in tokens_per_expert.iter().enumerate() {
+        let o = i32::try_from(at).map_err(|_| {
+            Error::invalid(
+                OP,
+                format!(
+                    "blockscale offset of expert {g} = {at} exceeds i32::MAX (the {} layout's padded rows of experts 0..{g})",
+                    layout.tag()
+                ),
+            )
+        })?;
+        offsets.push(o);
+        let rows = layout.padded_rows(m.max(0) as usize);
+        at = at.checked_add(rows).ok_or_else(|| {
+            Error::invalid(OP, format!("scale rows {at} + {rows} of expert {g} (tokens_per_expert[{g}]={m}) overflow usize"))
+        })?;
+    }
+    Ok((offsets, at))
 }
 
-/// The `expert_offsets` of experts stored back to back: the exclusive prefix sum of `tokens`.
-pub fn expert_offsets(tokens_per_expert: &[i32]) -> Vec<i32> {
-    let mut at = 0i32;
-    tokens_per_expert
-        .iter()
-        .map(|&m| {
-            let o = at;
-            at += m.max(0);
-            o
-        })
-        .collect()
+/// The `expert_offsets` of experts stored back to back: the exclusive prefix sum of `tokens`
+/// (negative counts count as 0). An offset past `i32::MAX` (the metadata is int32) is an
+/// [`Error::InvalidArgument`] naming the expert and the offset.
+///
+/// ```
+/// use kiln_mxfp8::layout::expert_offsets;
+/// assert_eq!(expert_offsets(&[3, 0, 5])?, vec![0, 3, 3]);
+/// assert!(expert_offsets(&[i32::MAX, 1, 1]).is_err());
+/// # Ok::<(), kiln_runtime::Error>(())
+/// ```
+pub fn expert_offsets(tokens_per_expert: &[i32]) -> Result<Vec<i32>> {
+    let mut at = 0usize;
+    let mut offsets = Vec::with_capacity(tokens_per_expert.len());
+    for (g, &m) in tokens_per_expert.iter().enumerate() {
+        let o = i32::try_from(at).map_err(|_| {
+            Error::invalid("expert_offsets", format!("expert offset of expert {g} = {at} exceeds i32::MAX (tokens of experts 0..{g})"))
+        })?;
+        offsets.push(o);
+        // Cannot overflow: `at` ≤ i32::MAX here and `m` ≤ i32::MAX.
+        at += m.max(0) as usize;
+    }
+    Ok(offsets)
 }
 
 #[cfg(test)]
@@ -174,6 +211,40 @@ mod tests {
         assert_eq!(ScaleLayout::Blocked128x4.scale_bytes(129, 256), 256 * 8);
         assert_eq!(ScaleLayout::RowMajor.scale_bytes(129, 96), 129 * 3);
         assert_eq!(ScaleLayout::Blocked128x4.k_multiple(), 128);
-        assert_eq!(expert_offsets(&[3, 0, 5, -2, 1]), vec![0, 3, 3, 8, 8]);
+        assert_eq!(expert_offsets(&[3, 0, 5, -2, 1]).unwrap(), vec![0, 3, 3, 8, 8]);
+    }
+
+    fn reason<T: std::fmt::Debug>(r: Result<T>) -> String {
+        match r {
+            Err(Error::InvalidArgument { reason, .. }) => reason,
+            other => panic!("expected InvalidArgument, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn sizes_saturate_instead_of_wrapping() {
+        // 2^20 rows × 2^49 columns: 2^64 scale bytes, which wrapped to 0.
+        let (rows, k) = (1usize << 20, 1usize << 49);
+        assert_eq!(ScaleLayout::RowMajor.checked_scale_bytes(rows, k), None);
+        assert_eq!(ScaleLayout::RowMajor.scale_bytes(rows, k), usize::MAX);
+        assert_eq!(ScaleLayout::Blocked128x4.checked_scale_bytes(1, 1 << 62), None, "128 padded rows × 2^57 blocks");
+        assert_eq!(ScaleLayout::Blocked128x4.padded_rows(usize::MAX), usize::MAX);
+        assert_eq!(ScaleLayout::Blocked128x4.checked_scale_bytes(usize::MAX, 128), None);
+        assert_eq!(ScaleLayout::Blocked128x4.checked_scale_bytes(129, 256), Some(256 * 8));
+    }
+
+    #[test]
+    fn offsets_past_i32_are_errors() {
+        let blk = ScaleLayout::Blocked128x4;
+        // 2^31 scale rows after padding i32::MAX tokens to 128: fine as a total, not as an offset.
+        assert_eq!(blockscale_offsets(&[i32::MAX], blk).unwrap(), (vec![0], 1 << 31), "the total may pass i32::MAX");
+        let r = reason(blockscale_offsets(&[5, i32::MAX, 1], blk));
+        assert!(r.contains("blockscale offset of expert 2 = 2147483776 exceeds i32::MAX"), "{r}");
+        let r = reason(blockscale_offsets(&[i32::MAX, 1, 1], ScaleLayout::RowMajor));
+        assert!(r.contains("blockscale offset of expert 2 = 2147483648 exceeds i32::MAX"), "{r}");
+        assert_eq!(expert_offsets(&[i32::MAX - 1, 1]).unwrap(), vec![0, i32::MAX - 1]);
+        assert_eq!(expert_offsets(&[1, i32::MAX - 1, 7]).unwrap(), vec![0, 1, i32::MAX], "the total may pass i32::MAX");
+        let r = reason(expert_offsets(&[i32::MAX, 1, 1]));
+        assert!(r.contains("expert offset of expert 2 = 2147483648 exceeds i32::MAX"), "{r}");
     }
 }

@@ -41,12 +41,13 @@
 //! use kiln_runtime::{E4m3, E8m0, Runtime, half::bf16};
 //!
 //! let rt = Runtime::new(0)?;
+//! rt.preload(&kiln_mxfp8::kernel_specs())?; // before any CUDA-graph capture
 //! let stream = rt.stream();
 //! let (k, tokens) = (7168usize, [3i32, 0, 130, 7]);
 //! let rows: usize = tokens.iter().map(|&m| m as usize).sum();
-//! let (scale_offsets, scale_rows) = layout::blockscale_offsets(&tokens, ScaleLayout::Blocked128x4);
+//! let (scale_offsets, scale_rows) = layout::blockscale_offsets(&tokens, ScaleLayout::Blocked128x4)?;
 //! let x = stream.clone_htod(&vec![bf16::from_f32(1.5); rows * k]).unwrap();
-//! let offsets = stream.clone_htod(&layout::expert_offsets(&tokens)).unwrap();
+//! let offsets = stream.clone_htod(&layout::expert_offsets(&tokens)?).unwrap();
 //! let counts = stream.clone_htod(&tokens).unwrap();
 //! let scale_offsets = stream.clone_htod(&scale_offsets).unwrap();
 //! let mut q = stream.alloc_zeros::<E4m3>(rows * k).unwrap();

@@ -4,7 +4,9 @@
 use std::sync::LazyLock;
 
 use kiln_runtime::cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
-use kiln_runtime::{Dtype, DtypeId, E4m3, E8m0, FastMath, Header, KernelSource, KernelSpec, MathPolicy, PRELUDE, Result, Runtime, Targets};
+use kiln_runtime::{
+    Dtype, DtypeId, E4m3, E8m0, Error, FastMath, Header, KernelSource, KernelSpec, MathPolicy, PRELUDE, Result, Runtime, Targets,
+};
 use kiln_runtime::{ensure, template_expr};
 
 use crate::ffi;
@@ -35,6 +37,13 @@ const SMEM_PER_EXPERT: usize = 24;
 
 /// Size of the by-value parameter struct of both kernels.
 pub(crate) const PARAMS_BYTES: usize = 96;
+
+/// Largest row stride, tensor extent (`(rows-1)·stride + k` elements) and grouped scale tensor a
+/// call may have: `i64::MAX / 16`. The kernels take them as i64 and form element indices up to 7
+/// rows past a tile's last valid row and an 8-row step (`8·stride`), all below `8·MAX_EXTENT`, and
+/// byte offsets of elements of at most 4 bytes, below `4·MAX_EXTENT`: every one fits in an i64
+/// (and in the u64 byte strides of `vector_ok` and the TMA tensor map).
+pub(crate) const MAX_EXTENT: usize = i64::MAX as usize / 16;
 
 /// Shape of one call: `rows × k` elements; row strides of the high-precision tensor (`x`: the
 /// quantizer's input, the dequantizer's output) and of the E4M3 tensor, in elements.
@@ -96,7 +105,7 @@ pub(crate) enum Dir {
 }
 
 impl Dir {
-    const fn op(self) -> &'static str {
+    pub(crate) const fn op(self) -> &'static str {
         match self {
             Dir::Quantize => "quantize_mxfp8",
             Dir::Dequantize => "dequantize_mxfp8",
@@ -279,8 +288,22 @@ pub(crate) fn plan(dir: Dir, dtype: DtypeId, shape: Mxfp8Shape, layout: ScaleLay
     ensure!(x_stride >= k, op, "x_stride={x_stride} < k={k}");
     ensure!(q_stride >= k, op, "q_stride={q_stride} < k={k}");
     ensure!(rows <= i32::MAX as usize, op, "rows={rows} exceeds i32::MAX (expert offsets are int32)");
-    let need = |stride: usize| if rows == 0 { 0 } else { (rows - 1) * stride + k };
-    let (xn, qn) = (need(x_stride), need(q_stride));
+    for (name, stride) in [("x_stride", x_stride), ("q_stride", q_stride)] {
+        ensure!(stride <= MAX_EXTENT, op, "{name}={stride} exceeds {MAX_EXTENT} (i64::MAX/16: the kernels' 64-bit offsets)");
+    }
+    let need = |name: &str, stride: usize| -> Result<usize> {
+        if rows == 0 {
+            return Ok(0);
+        }
+        (rows - 1).checked_mul(stride).and_then(|v| v.checked_add(k)).filter(|&v| v <= MAX_EXTENT).ok_or_else(|| {
+            let exact = (rows as u128 - 1) * stride as u128 + k as u128;
+            Error::invalid(
+                op,
+                format!("(rows-1)*{name}+k={exact} exceeds {MAX_EXTENT} (i64::MAX/16: the kernels' 64-bit offsets; rows={rows}, {name}={stride}, k={k})"),
+            )
+        })
+    };
+    let (xn, qn) = (need("x_stride", x_stride)?, need("q_stride", q_stride)?);
     let (xname, qname) = match dir {
         Dir::Quantize => ("x", "q"),
         Dir::Dequantize => ("out", "q"),
@@ -291,7 +314,16 @@ pub(crate) fn plan(dir: Dir, dtype: DtypeId, shape: Mxfp8Shape, layout: ScaleLay
     let ktiles = k.div_ceil(TILE_COLS);
     let (num_experts, scale_rows, row_tiles) = match lens.experts {
         None => {
-            let sb = layout.scale_bytes(rows, k);
+            let sb = layout.checked_scale_bytes(rows, k).filter(|&b| b <= MAX_EXTENT).ok_or_else(|| {
+                let exact = layout.padded_rows(rows) as u128 * nkb as u128;
+                Error::invalid(
+                    op,
+                    format!(
+                        "scale bytes padded_rows(rows)*k/32={exact} exceed {MAX_EXTENT} (i64::MAX/16: the kernels' 64-bit offsets; rows={rows}, k={k}, {} layout)",
+                        layout.tag()
+                    ),
+                )
+            })?;
             ensure!(
                 lens.scales >= sb,
                 op,
@@ -322,6 +354,12 @@ pub(crate) fn plan(dir: Dir, dtype: DtypeId, shape: Mxfp8Shape, layout: ScaleLay
                 },
                 if layout.row_multiple() == 1 { format!(" bytes per row {nkb}") } else { String::new() }
             );
+            ensure!(
+                lens.scales <= MAX_EXTENT,
+                op,
+                "scales.len()={} exceeds {MAX_EXTENT} (i64::MAX/16: the kernels' 64-bit offsets)",
+                lens.scales
+            );
             let scale_rows = lens.scales.checked_div(nkb).unwrap_or(0);
             // With valid metadata Σ ⌈m_g / 64⌉ ≤ ⌈rows / 64⌉ + G (padding rows are no tiles).
             (no, scale_rows, rows.div_ceil(TILE_ROWS) + no)
@@ -343,6 +381,7 @@ fn tags(d: &[DtypeId]) -> String {
 /// dequantizer's output) and 8-byte aligned q rows.
 pub(crate) fn vector_ok(plan: &Plan, x_addr: u64, q_addr: u64) -> bool {
     let esize = plan.dtype.size() as u64;
+    // `plan` bounded x_stride by MAX_EXTENT, so the byte stride cannot overflow.
     let x_ok = x_addr.is_multiple_of(16) && (plan.shape.x_stride as u64 * esize).is_multiple_of(16);
     let q_ok = q_addr.is_multiple_of(8) && plan.shape.q_stride.is_multiple_of(8);
     x_ok && q_ok
@@ -351,7 +390,8 @@ pub(crate) fn vector_ok(plan: &Plan, x_addr: u64, q_addr: u64) -> bool {
 /// Quantizes a `[rows, k]` bf16/f16 tensor `x` into new buffers: `q` (`[rows, k]` E4M3,
 /// contiguous) and `scales` (`layout.scale_bytes(rows, k)` E8M0 bytes; in the blocked layout the
 /// padding rows `rows..round_up(rows, 128)` hold byte 0). `x_stride` is `x`'s row stride in
-/// elements. Stream-ordered; no synchronisation.
+/// elements. Stream-ordered; no synchronisation. Allocates both outputs on every call: inside a
+/// CUDA-graph capture use [`quantize_mxfp8_into`] with buffers allocated beforehand.
 pub fn quantize_mxfp8<T: Dtype>(
     rt: &Runtime,
     x: &impl DevicePtr<T>,
@@ -361,7 +401,8 @@ pub fn quantize_mxfp8<T: Dtype>(
     layout: ScaleLayout,
 ) -> Result<(CudaSlice<E4m3>, CudaSlice<E8m0>)> {
     let shape = Mxfp8Shape { rows, k, x_stride, q_stride: k };
-    let lens = Lens { x: x.len(), q: rows * k, scales: layout.scale_bytes(rows, k), experts: None };
+    let (q_len, scales_len) = dense_output_lens(rows, k, layout)?;
+    let lens = Lens { x: x.len(), q: q_len, scales: scales_len, experts: None };
     let plan = plan(Dir::Quantize, T::ID, shape, layout, lens)?;
     let (mut q, mut s) = ffi::alloc_outputs(rt, lens.q, lens.scales)?;
     if let Some(p) = plan {
@@ -465,6 +506,23 @@ pub fn dequantize_mxfp8_grouped<T: Dtype, M: DevicePtr<i32>>(
     }
 }
 
+/// Lengths of the outputs [`quantize_mxfp8`] allocates: `rows·k` E4M3 and
+/// `layout.scale_bytes(rows, k)` E8M0, or an `Err` naming the shape when either overflows.
+fn dense_output_lens(rows: usize, k: usize, layout: ScaleLayout) -> Result<(usize, usize)> {
+    let op = Dir::Quantize.op();
+    let q = rows
+        .checked_mul(k)
+        .ok_or_else(|| Error::invalid(op, format!("q.len()=rows*k={} overflows usize (rows={rows}, k={k})", rows as u128 * k as u128)))?;
+    let scales = layout.checked_scale_bytes(rows, k).ok_or_else(|| {
+        let exact = layout.padded_rows(rows) as u128 * (k / BLOCK) as u128;
+        Error::invalid(
+            op,
+            format!("scales.len()=padded_rows(rows)*k/32={exact} overflows usize (rows={rows}, k={k}, {} layout)", layout.tag()),
+        )
+    })?;
+    Ok((q, scales))
+}
+
 fn meta_lens<M: DevicePtr<i32>>(e: &Experts<'_, M>) -> [usize; 3] {
     [e.expert_offsets.len(), e.tokens_per_expert.len(), e.blockscale_offsets.len()]
 }
@@ -564,6 +622,53 @@ mod tests {
         let big = Mxfp8Shape::contiguous(1 << 31, 32);
         assert!(
             reason(plan(Dir::Quantize, DtypeId::Bf16, big, RM, dense(usize::MAX, usize::MAX, usize::MAX))).contains("exceeds i32::MAX")
+        );
+    }
+
+    #[test]
+    fn overflowing_shapes_are_errors() {
+        let deq = |s: Mxfp8Shape, l: ScaleLayout, lens: Lens| reason(plan(Dir::Dequantize, DtypeId::Bf16, s, l, lens));
+        // Strides of 2^63 made (rows-1)*stride+k wrap to 128, so 3 rows passed with tiny buffers.
+        let s = Mxfp8Shape { rows: 3, k: 128, x_stride: 1 << 63, q_stride: 1 << 63 };
+        assert!(deq(s, RM, dense(128, 128, 12)).contains("x_stride=9223372036854775808 exceeds 576460752303423487"));
+        // One row never multiplies the stride, but the kernel and the vector check still do.
+        let s = Mxfp8Shape { rows: 1, k: 128, x_stride: 1 << 63, q_stride: 128 };
+        assert!(deq(s, RM, dense(128, 128, 4)).contains("x_stride=9223372036854775808 exceeds"));
+        let s = Mxfp8Shape { rows: 1, k: 128, x_stride: 128, q_stride: 1 << 62 };
+        assert!(deq(s, RM, dense(128, 128, 4)).contains("q_stride=4611686018427387904 exceeds"));
+        // 2^20 rows × 2^49 columns: the extents and the scale bytes wrapped to 0.
+        let r = deq(Mxfp8Shape::contiguous(1 << 20, 1 << 49), RM, dense(0, 0, 0));
+        assert!(
+            r.contains("(rows-1)*x_stride+k=590295810358705651712 exceeds 576460752303423487")
+                && r.contains("rows=1048576, x_stride=562949953421312, k=562949953421312"),
+            "{r}"
+        );
+        let s = Mxfp8Shape { rows: 1 << 20, k: 128, x_stride: 128, q_stride: 1 << 49 };
+        assert!(deq(s, RM, dense(usize::MAX, 0, 0)).contains("(rows-1)*q_stride+k=590295247408752230528 exceeds"));
+        // No overflow of usize, but past the kernels' 64-bit offsets.
+        let r = deq(Mxfp8Shape::contiguous(1 << 11, 1 << 49), RM, dense(usize::MAX, usize::MAX, usize::MAX));
+        assert!(r.contains("(rows-1)*x_stride+k=1152921504606846976 exceeds"), "{r}");
+        let r = deq(Mxfp8Shape::contiguous(1, 1 << 58), BLK, dense(usize::MAX, usize::MAX, usize::MAX));
+        assert!(r.contains("scale bytes padded_rows(rows)*k/32=1152921504606846976 exceed 576460752303423487"), "{r}");
+        let g = Lens { x: 512, q: 512, scales: 1 << 62, experts: Some([2; 3]) };
+        assert!(deq(Mxfp8Shape::contiguous(4, 128), RM, g).contains("scales.len()=4611686018427387904 exceeds 576460752303423487"));
+        // The largest stride is accepted, and its byte stride does not overflow in `vector_ok`.
+        let s = Mxfp8Shape { rows: 1, k: 128, x_stride: MAX_EXTENT, q_stride: MAX_EXTENT };
+        let p = plan(Dir::Dequantize, DtypeId::F32, s, RM, dense(128, 128, 4)).unwrap().unwrap();
+        assert!(!vector_ok(&p, 256, 256), "(2^59 - 1)·4 bytes is no multiple of 16");
+    }
+
+    #[test]
+    fn allocated_outputs_that_overflow_are_errors() {
+        assert_eq!(dense_output_lens(300, 256, BLK).unwrap(), (300 * 256, 384 * 8));
+        let r = |x: Result<(usize, usize)>| reason(x.map(|_| None));
+        assert!(
+            r(dense_output_lens(1 << 20, 1 << 49, RM))
+                .contains("q.len()=rows*k=590295810358705651712 overflows usize (rows=1048576, k=562949953421312)")
+        );
+        assert!(
+            r(dense_output_lens(1, 1 << 62, BLK))
+                .contains("scales.len()=padded_rows(rows)*k/32=18446744073709551616 overflows usize (rows=1, k=4611686018427387904")
         );
     }
 

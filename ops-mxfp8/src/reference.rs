@@ -340,7 +340,7 @@ mod tests {
         let x: Vec<f32> = (0..rows * k).map(|i| (i % 97) as f32 - 40.0).collect();
         let tokens = [2, 3];
         let offsets = [0, 3];
-        let (so, scale_rows) = blockscale_offsets(&tokens, ScaleLayout::Blocked128x4);
+        let (so, scale_rows) = blockscale_offsets(&tokens, ScaleLayout::Blocked128x4).unwrap();
         let ex = Experts { offsets: &offsets, tokens: &tokens, scale_offsets: &so };
         let mut q = vec![E4m3(0x55); rows * k];
         let mut s = vec![E8m0(0x55); scale_rows * 4 + 7];

@@ -121,7 +121,7 @@ impl Meta {
                 o as i32
             })
             .collect();
-        let (scale_offsets, sr) = layout::blockscale_offsets(tokens, l);
+        let (scale_offsets, sr) = layout::blockscale_offsets(tokens, l).unwrap();
         let extra = l.padded_rows(extra_scale_rows);
         (Meta { offsets, tokens: tokens.to_vec(), scale_offsets }, at + tail, sr + extra)
     }

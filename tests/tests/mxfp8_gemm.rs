@@ -170,7 +170,7 @@ impl Data {
             })
             .collect();
         let rows = at + case.tail;
-        let (bso, scale_rows) = kiln_mxfp8::layout::blockscale_offsets(&case.counts, ScaleLayout::Blocked128x4);
+        let (bso, scale_rows) = kiln_mxfp8::layout::blockscale_offsets(&case.counts, ScaleLayout::Blocked128x4).unwrap();
         // At least one 128-row group (also when no expert has tokens), plus one unused group.
         let scale_rows = scale_rows + ATOM_ROWS;
         let wf = source(seed, WEIGHT_TAG, e * n, k);

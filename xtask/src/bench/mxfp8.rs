@@ -71,8 +71,8 @@ pub fn run(c: &mut Ctx) -> anyhow::Result<()> {
             continue;
         }
         let tokens = split(rows, experts);
-        let (scale_offsets, scale_rows) = layout::blockscale_offsets(&tokens, l);
-        let offsets = stream.clone_htod(&layout::expert_offsets(&tokens))?;
+        let (scale_offsets, scale_rows) = layout::blockscale_offsets(&tokens, l)?;
+        let offsets = stream.clone_htod(&layout::expert_offsets(&tokens)?)?;
         let counts = stream.clone_htod(&tokens)?;
         let scale_offsets = stream.clone_htod(&scale_offsets)?;
         let ex = Experts { expert_offsets: &offsets, tokens_per_expert: &counts, blockscale_offsets: &scale_offsets };

@@ -82,8 +82,8 @@ pub fn run(c: &mut Ctx) -> anyhow::Result<()> {
         let wq = w.1.slice(0..g * n * k);
         let ws = w.2.slice(0..g * n * k / 32);
         let counts = vec![m as i32; g];
-        let (bso, scale_rows) = layout::blockscale_offsets(&counts, kiln_mxfp8::ScaleLayout::Blocked128x4);
-        let offsets = stream.clone_htod(&layout::expert_offsets(&counts))?;
+        let (bso, scale_rows) = layout::blockscale_offsets(&counts, kiln_mxfp8::ScaleLayout::Blocked128x4)?;
+        let offsets = stream.clone_htod(&layout::expert_offsets(&counts)?)?;
         let counts_d = stream.clone_htod(&counts)?;
         let bso_d = stream.clone_htod(&bso)?;
         let token_bytes = t * k + t * k / 32 + t * n * 2;
