@@ -334,7 +334,8 @@ fn foreign_buffers() -> anyhow::Result<()> {
             other => anyhow::bail!("{what}: expected the foreign buffer to be refused, got {other:?}"),
         }
     };
-    expect("silu_and_mul", kiln_activation::silu_and_mul(&a, &theirs, &mut ours, rows, d))?;
+    let mut out: CudaSlice<bf16> = a.stream().alloc_zeros(rows * d)?;
+    expect("silu_and_mul", kiln_activation::silu_and_mul(&a, &theirs, &mut out, rows, d))?;
     let w: CudaSlice<bf16> = a.stream().alloc_zeros(2 * d)?;
     let shape = kiln_rmsnorm::Shape::new(rows, 2 * d);
     expect("rms_norm_hf", kiln_rmsnorm::rms_norm_hf(&a, &theirs, &w, &mut ours, shape, 1e-6))?;
@@ -349,7 +350,7 @@ fn foreign_buffers() -> anyhow::Result<()> {
     let q: CudaSlice<E4m3> = a.stream().alloc_zeros(rows * d)?;
     let s: CudaSlice<E8m0> = b.stream().alloc_zeros(rows * d / 32)?;
     let layout = kiln_mxfp8::ScaleLayout::RowMajor;
-    expect("dequantize_mxfp8", kiln_mxfp8::dequantize_mxfp8(&a, &q, &s, &mut ours, kiln_mxfp8::Mxfp8Shape::contiguous(rows, d), layout))?;
+    expect("dequantize_mxfp8", kiln_mxfp8::dequantize_mxfp8(&a, &q, &s, &mut out, kiln_mxfp8::Mxfp8Shape::contiguous(rows, d), layout))?;
     Ok(())
 }
 
