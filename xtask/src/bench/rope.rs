@@ -1,6 +1,8 @@
 //! Benchmarks of kiln-rope: `fused_qknorm_rope` on the shapes of `../shared/peers/bench_peers.py`,
 //! in the peer's configuration (bf16, NeoX, full rotary, eps 1e-6, base 1e6, no YaRN, int32
 //! positions uniform in [0, 32768)). Bytes = q and k heads read and written once + positions.
+//! `fused_qknorm_rope.interleaved`: the same with GPT-J (interleaved) pairs at a few sizes (no
+//! peer row).
 
 use half::bf16;
 use kiln_rope::{Heads, QkNormRope, Rope, Rows, fused_qk_norm_rope};
@@ -24,28 +26,40 @@ fn data(n: usize, seed: u64) -> Vec<bf16> {
 /// Times every shape.
 pub fn run(c: &mut Ctx) -> anyhow::Result<()> {
     let tokens: &[usize] = if c.quick { &[1, 32, 256, 2048, 8192] } else { &[1, 8, 32, 128, 512, 2048, 8192, 16384] };
-    let stream = c.rt.stream().clone();
-    for (nq, nk, nv, hd) in [(32, 4, 4, 128), (64, 4, 4, 128), (16, 2, 2, 256)] {
-        let heads = Heads { nq, nk, nv, head_dim: hd };
-        let width = (nq + nk + nv) * hd;
-        let cfg = QkNormRope { heads, eps: 1e-6, rope: Rope::neox(1e6, hd) };
-        let (qw, kw) = (stream.clone_htod(&data(hd, 1))?, stream.clone_htod(&data(hd, 2))?);
-        for &t in tokens {
-            let name = format!("{t}x(q{nq},k{nk},v{nv})x{hd}");
-            if !c.wants("fused_qknorm_rope", &name) {
-                continue;
-            }
-            let bytes = 2 * t * (nq + nk) * hd * 2 + t * 4;
-            let sets = sets_for(bytes);
-            let mut qkvs: Vec<CudaSlice<bf16>> =
-                (0..sets).map(|i| stream.clone_htod(&data(t * width, 3 + i as u64))).collect::<Result<_, _>>()?;
-            let positions: Vec<i32> = (0..t).map(|i| ((i as u64 * 2_654_435_761) % 32768) as i32).collect();
-            let positions = stream.clone_htod(&positions)?;
-            let rows = Rows::contiguous(t, width);
-            let rt = c.rt.clone();
-            let us = c.time(sets, |i| fused_qk_norm_rope(&rt, &mut qkvs[i], rows, &qw, &kw, &positions, &cfg))?;
-            c.record("fused_qknorm_rope", &name, us, bytes as f64, None)?;
+    let styles: [(&str, fn(f64, usize) -> Rope, &[usize]); 2] = [
+        ("fused_qknorm_rope", Rope::neox, tokens),
+        ("fused_qknorm_rope.interleaved", Rope::interleaved, if c.quick { &[256] } else { &[1, 128, 2048, 16384] }),
+    ];
+    for (op, style, tokens) in styles {
+        for (nq, nk, nv, hd) in [(32, 4, 4, 128), (64, 4, 4, 128), (16, 2, 2, 256)] {
+            time_shape(c, op, Heads { nq, nk, nv, head_dim: hd }, style(1e6, hd), tokens)?;
         }
+    }
+    Ok(())
+}
+
+/// Times `fused_qk_norm_rope` with `rope` on `heads` at each token count, as rows `op`.
+fn time_shape(c: &mut Ctx, op: &str, heads: Heads, rope: Rope, tokens: &[usize]) -> anyhow::Result<()> {
+    let stream = c.rt.stream().clone();
+    let Heads { nq, nk, nv, head_dim: hd } = heads;
+    let width = (nq + nk + nv) * hd;
+    let cfg = QkNormRope { heads, eps: 1e-6, rope };
+    let (qw, kw) = (stream.clone_htod(&data(hd, 1))?, stream.clone_htod(&data(hd, 2))?);
+    for &t in tokens {
+        let name = format!("{t}x(q{nq},k{nk},v{nv})x{hd}");
+        if !c.wants(op, &name) {
+            continue;
+        }
+        let bytes = 2 * t * (nq + nk) * hd * 2 + t * 4;
+        let sets = sets_for(bytes);
+        let mut qkvs: Vec<CudaSlice<bf16>> =
+            (0..sets).map(|i| stream.clone_htod(&data(t * width, 3 + i as u64))).collect::<Result<_, _>>()?;
+        let positions: Vec<i32> = (0..t).map(|i| ((i as u64 * 2_654_435_761) % 32768) as i32).collect();
+        let positions = stream.clone_htod(&positions)?;
+        let rows = Rows::contiguous(t, width);
+        let rt = c.rt.clone();
+        let us = c.time(sets, |i| fused_qk_norm_rope(&rt, &mut qkvs[i], rows, &qw, &kw, &positions, &cfg))?;
+        c.record(op, &name, us, bytes as f64, None)?;
     }
     Ok(())
 }
