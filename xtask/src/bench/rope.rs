@@ -23,13 +23,15 @@ fn data(n: usize, seed: u64) -> Vec<bf16> {
         .collect()
 }
 
+/// A pair style's constructor (base, rotary_dim).
+type Style = fn(f64, usize) -> Rope;
+
 /// Times every shape.
 pub fn run(c: &mut Ctx) -> anyhow::Result<()> {
     let tokens: &[usize] = if c.quick { &[1, 32, 256, 2048, 8192] } else { &[1, 8, 32, 128, 512, 2048, 8192, 16384] };
-    let styles: [(&str, fn(f64, usize) -> Rope, &[usize]); 2] = [
-        ("fused_qknorm_rope", Rope::neox, tokens),
-        ("fused_qknorm_rope.interleaved", Rope::interleaved, if c.quick { &[256] } else { &[1, 128, 2048, 16384] }),
-    ];
+    let interleaved: &[usize] = if c.quick { &[256] } else { &[1, 128, 2048, 16384] };
+    let styles: [(&str, Style, &[usize]); 2] =
+        [("fused_qknorm_rope", Rope::neox, tokens), ("fused_qknorm_rope.interleaved", Rope::interleaved, interleaved)];
     for (op, style, tokens) in styles {
         for (nq, nk, nv, hd) in [(32, 4, 4, 128), (64, 4, 4, 128), (16, 2, 2, 256)] {
             time_shape(c, op, Heads { nq, nk, nv, head_dim: hd }, style(1e6, hd), tokens)?;
