@@ -46,9 +46,10 @@
 // the token, so the table and the reduction overlap. After the one barrier every head lane
 // scales, rotates and stores its chunks. kPrefetch (the host's choice for small PDL vector
 // launches): before the PDL wait each head's first lane issues an L2 prefetch of its head and the
-// first table thread one of the token's position. Launch bounds of 3 CTAs × 512 threads (≤ 40 registers, no spills): measured
-// against 4 × 512 (32 registers, 16 bytes of spills) on the H100, 3-5% faster up to 2048 tokens
-// (up to 20% at 512) and 3-4% slower at 8192-16384.
+// first table thread one of the token's position. Launch bounds kMinBlocks × 512 threads: 3 (≤ 40
+// registers, no spills) for the host's launches below 1024 CTAs, 4 (32 registers, 8 bytes of
+// stack) from there (vector path, no prefetch; see LARGE_GRID_CTAS in plan.rs): more CTAs per SM
+// pay off once the grid runs many waves, the spill-free kernel's shorter CTAs below (S8-13).
 #pragma once
 #include <kiln/common.cuh>
 #include <kiln/convert.cuh>
@@ -353,8 +354,8 @@ KILN_DEVICE int head_threads_of(const Params& p) {
 
 }  // namespace kiln_rope
 
-template <typename T, bool kNorm, bool kVec, bool kPdl, bool kPrefetch>
-__global__ void __launch_bounds__(kiln_rope::kMaxThreads, 3) rope_kernel(const __grid_constant__ kiln_rope::Params p) {
+template <typename T, bool kNorm, bool kVec, bool kPdl, bool kPrefetch, int kMinBlocks>
+__global__ void __launch_bounds__(kiln_rope::kMaxThreads, kMinBlocks) rope_kernel(const __grid_constant__ kiln_rope::Params p) {
   using namespace kiln_rope;
   __shared__ __align__(16) float2 table[kMaxPairs];
   __shared__ __align__(16) float weights[2][kMaxHeadDim];

@@ -66,26 +66,57 @@ const DTYPES: [DtypeId; 2] = [DtypeId::Bf16, DtypeId::F16];
 
 static SPECS: LazyLock<Vec<KernelSpec>> = LazyLock::new(build_specs);
 
-/// The access modes of one (dtype, norm) pair, in `SPECS` order: (16-byte vectors, L2 prefetch
-/// before the PDL wait, PDL). The prefetching kernel exists only with PDL (without it there is no
-/// predecessor to overlap).
-const MODES: [(bool, bool, bool); 5] =
-    [(true, false, false), (true, false, true), (false, false, false), (false, false, true), (true, true, true)];
+/// How a kernel reaches memory and how many CTAs it is built to keep per SM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// 16-byte vectors.
+    Vec,
+    /// Element-wise accesses (unaligned rows).
+    Scalar,
+    /// 16-byte vectors and an L2 prefetch before the PDL wait (small PDL launches only: without
+    /// PDL there is no predecessor to overlap).
+    VecPrefetch,
+    /// 16-byte vectors, 4 CTAs per SM instead of 3 (grids of [`plan::LARGE_GRID_CTAS`] or more).
+    VecLarge,
+}
+
+impl Access {
+    fn tag(self) -> &'static str {
+        match self {
+            Access::Vec => "v16",
+            Access::Scalar => "scalar",
+            Access::VecPrefetch => "v16_prefetch",
+            Access::VecLarge => "v16_large",
+        }
+    }
+}
+
+/// The kernels of one (dtype, norm) pair, in `SPECS` order: (access, PDL).
+const MODES: [(Access, bool); 7] = [
+    (Access::Vec, false),
+    (Access::Vec, true),
+    (Access::Scalar, false),
+    (Access::Scalar, true),
+    (Access::VecPrefetch, true),
+    (Access::VecLarge, false),
+    (Access::VecLarge, true),
+];
 
 fn build_specs() -> Vec<KernelSpec> {
     let mut v = Vec::new();
     for dt in DTYPES {
         for norm in [true, false] {
-            for (vec, prefetch, pdl) in MODES {
+            for (access, pdl) in MODES {
                 let op = if norm { "fused_qk_norm_rope" } else { "apply_rope" };
-                let access = match (vec, prefetch) {
-                    (true, true) => "v16_prefetch",
-                    (true, false) => "v16",
-                    (false, _) => "scalar",
-                };
-                let name = format!("{op}__{}__{access}{}", dt.tag(), if pdl { "__pdl" } else { "" });
-                let args =
-                    [dt.into(), TemplateArg::Bool(norm), TemplateArg::Bool(vec), TemplateArg::Bool(pdl), TemplateArg::Bool(prefetch)];
+                let name = format!("{op}__{}__{}{}", dt.tag(), access.tag(), if pdl { "__pdl" } else { "" });
+                let args = [
+                    dt.into(),
+                    TemplateArg::Bool(norm),
+                    TemplateArg::Bool(access != Access::Scalar),
+                    TemplateArg::Bool(pdl),
+                    TemplateArg::Bool(access == Access::VecPrefetch),
+                    TemplateArg::Int(if access == Access::VecLarge { 4 } else { 3 }),
+                ];
                 // Bit-reproducible arithmetic: explicit _rn intrinsics everywhere, and no flush
                 // of f32 subnormals (bf16 inputs may be subnormal).
                 let spec = KernelSpec::new(name, &SOURCE, template_expr("rope_kernel", &args));
@@ -96,17 +127,23 @@ fn build_specs() -> Vec<KernelSpec> {
     v
 }
 
-/// The kernel of a launch; `prefetch` applies to PDL vector launches only.
-fn spec(dt: DtypeId, norm: bool, vec: bool, pdl: bool, prefetch: bool) -> &'static KernelSpec {
+/// The kernel of a launch: `prefetch` applies to PDL vector launches only, `large` (a grid of
+/// [`plan::LARGE_GRID_CTAS`] or more) to the other vector launches.
+fn spec(dt: DtypeId, norm: bool, vec: bool, pdl: bool, prefetch: bool, large: bool) -> &'static KernelSpec {
     let d = DTYPES.iter().position(|&x| x == dt).expect("Element is bf16 or f16");
-    let mode = (vec, prefetch && vec && pdl, pdl);
-    let m = MODES.iter().position(|&x| x == mode).expect("every mode has a spec");
+    let access = match (vec, prefetch && pdl, large) {
+        (false, _, _) => Access::Scalar,
+        (true, true, _) => Access::VecPrefetch,
+        (true, false, true) => Access::VecLarge,
+        (true, false, false) => Access::Vec,
+    };
+    let m = MODES.iter().position(|&x| x == (access, pdl)).expect("every mode has a spec");
     &SPECS[(d * 2 + !norm as usize) * MODES.len() + m]
 }
 
 /// Every kernel instantiation of this crate (for prewarm, snapshots and preload): bf16 and f16 ×
-/// {norm + RoPE, RoPE} × {16-byte vector, scalar (unaligned rows)} × {plain, PDL}, and the
-/// prefetching PDL vector kernels of small launches.
+/// {norm + RoPE, RoPE} × {16-byte vector, scalar (unaligned rows), vector for large grids} ×
+/// {plain, PDL}, and the prefetching PDL vector kernels of small launches.
 pub fn kernel_specs() -> Vec<KernelSpec> {
     SPECS.clone()
 }
@@ -214,7 +251,8 @@ fn finish<T: Element, P: Position>(rt: &Runtime, mut plan: plan::Plan, norm: boo
     let vec = vectorizable::<T>(ptrs.q, ptrs.k, ptrs.q_stride, ptrs.k_stride);
     let head_bytes = (p.nq + p.nk) as usize * p.head_dim as usize * size_of::<T>();
     let prefetch = (plan.grid.0 as usize).saturating_mul(head_bytes) <= plan::PREFETCH_MAX_BYTES;
-    let kernel = rt.kernel(spec(T::ID, norm, vec, rt.pdl_enabled(), prefetch))?;
+    let large = plan::large_grid(plan.grid);
+    let kernel = rt.kernel(spec(T::ID, norm, vec, rt.pdl_enabled(), prefetch, large))?;
     ffi::launch(rt, &kernel, plan.grid, plan.block, &plan.params)
 }
 

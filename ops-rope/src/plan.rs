@@ -108,6 +108,21 @@ pub(crate) const TWO_PAIRS_FROM_TOKENS: usize = 512;
 /// tokens 0.5–8 % faster, 128 tokens 16–20 % (up to 2.2 MB), 512 tokens (4.7 MB) 7 % slower.
 pub(crate) const PREFETCH_MAX_BYTES: usize = 3 << 20;
 
+/// Vector launches (without the prefetch) of at least this many CTAs run the kernel built for 4
+/// CTAs × 512 threads per SM (32 registers, 8 bytes of stack) instead of 3 (40 registers, no
+/// spills). Measured on the H100 after the bank-conflict-free layouts (S8-13, twice each,
+/// alternating): 2048 tokens 14.98 → 14.81 µs (16,2,2,256), 14.95 → 14.64 (32,4,4,128), 27.33 →
+/// 26.83 (64,4,4,128), 16384 tokens 2–3 % faster, 512 tokens of (64,4,4,128) (1024 CTAs) 8.16 →
+/// 7.82; but 512 tokens of the 36- and 18-head shapes (512 CTAs) 4.76 → 5.22 / 5.52 and 1–128
+/// tokens 5–13 % slower (every CTA's latency counts there; the larger kernel spills). In session 2,
+/// before the layout change, 4 × 512 lost up to 2048 tokens.
+pub(crate) const LARGE_GRID_CTAS: u64 = 1024;
+
+/// Whether a grid takes the 4-CTAs-per-SM kernel ([`LARGE_GRID_CTAS`]).
+pub(crate) fn large_grid(grid: (u32, u32)) -> bool {
+    grid.0 as u64 * grid.1 as u64 >= LARGE_GRID_CTAS
+}
+
 /// Threads after the head lanes that build the (cos, sin) table, in whole warps: one per rotary
 /// pair, or one per two pairs from [`TWO_PAIRS_FROM_TOKENS`] tokens on.
 pub(crate) fn table_threads(pairs: usize, tokens: usize) -> usize {

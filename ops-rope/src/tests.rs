@@ -120,26 +120,32 @@ fn alignment_decides_vector_access() {
 #[test]
 fn spec_table() {
     let specs = kernel_specs();
-    assert_eq!(specs.len(), 20);
+    assert_eq!(specs.len(), 28);
     let names: Vec<&str> = specs.iter().map(|s| s.name()).collect();
     assert!(names.contains(&"fused_qk_norm_rope__bf16__v16__pdl") && names.contains(&"apply_rope__f16__scalar"));
-    assert!(names.contains(&"apply_rope__f16__v16_prefetch__pdl"));
+    assert!(names.contains(&"apply_rope__f16__v16_prefetch__pdl") && names.contains(&"fused_qk_norm_rope__f16__v16_large"));
     for dt in DTYPES {
         for norm in [true, false] {
             for vec in [true, false] {
                 for pdl in [false, true] {
                     for prefetch in [false, true] {
-                        let s = spec(dt, norm, vec, pdl, prefetch);
-                        // Only PDL vector launches prefetch.
-                        let pf = prefetch && vec && pdl;
-                        assert_eq!(s.is_pdl(), pdl);
-                        assert_eq!(s.expr(), format!("rope_kernel<{}, {norm}, {vec}, {pdl}, {pf}>", dt.cpp()));
-                        assert_eq!(params_bytes(s), Some(1120));
+                        for large in [false, true] {
+                            let s = spec(dt, norm, vec, pdl, prefetch, large);
+                            // Only PDL vector launches prefetch; the other vector launches of
+                            // large grids keep 4 CTAs per SM.
+                            let pf = prefetch && vec && pdl;
+                            let blocks = if vec && !pf && large { 4 } else { 3 };
+                            assert_eq!(s.is_pdl(), pdl);
+                            assert_eq!(s.expr(), format!("rope_kernel<{}, {norm}, {vec}, {pdl}, {pf}, {blocks}>", dt.cpp()));
+                            assert_eq!(params_bytes(s), Some(1120));
+                        }
                     }
                 }
             }
         }
     }
-    let other = KernelSpec::new("x", &SOURCE, "rope_kernel<float, true, true, true, false>");
+    assert!(!plan::large_grid((1023, 1)) && plan::large_grid((512, 2)) && plan::large_grid((1024, 1)));
+    assert!(plan::large_grid((65536, 65535)), "no overflow");
+    let other = KernelSpec::new("x", &SOURCE, "rope_kernel<float, true, true, true, false, 3>");
     assert_eq!(params_bytes(&other), Some(1120));
 }

@@ -358,7 +358,8 @@ fn big_and_special(trials: &mut Vec<Trial>) {
 }
 
 /// Small cases for compute-sanitizer (memcheck, racecheck): vector and scalar paths, both styles,
-/// partial rotary, YaRN, f32 weights, three entry points, non-power-of-two lanes.
+/// partial rotary, YaRN, f32 weights, three entry points, non-power-of-two lanes, both launch
+/// bounds (small and large grids).
 fn sanitize(trials: &mut Vec<Trial>) {
     let c = Case::new((4, 2, 2), 128, 3, Rope::neox(1e6, 128));
     trials.push(gpu("t2::rope::sanitize::fused_bf16_neox".into(), move |s| fused_dyn("bf16", c, s)));
@@ -375,6 +376,11 @@ fn sanitize(trials: &mut Vec<Trial>) {
     let c = Case::new((2, 2, 1), 256, 2, Rope::neox(1e6, 128));
     trials.push(gpu("t2::rope::sanitize::apply_qkv_f16_hd256_half".into(), move |s| apply_qkv_case::<f16>(c, s)));
     trials.push(gpu("t2::rope::sanitize::apply_separate_bf16".into(), |s| apply_separate::<bf16>(3, 4, 1, 64, Rope::neox(1e4, 32), 3, s)));
+    // 1024 CTAs: the kernel built for 4 CTAs per SM (plan::LARGE_GRID_CTAS), both styles.
+    let c = Case { weight_f32: true, ..Case::new((2, 1, 1), 64, 1024, Rope::neox(1e4, 64)) };
+    trials.push(gpu("t2::rope::sanitize::fused_bf16_large_grid".into(), move |s| fused_dyn("bf16", c, s)));
+    let c = Case { pos_i64: true, ..Case::new((1, 1, 2), 128, 1024, Rope::interleaved(1e6, 64).with_yarn(YARN)) };
+    trials.push(gpu("t2::rope::sanitize::fused_f16_large_grid_interleaved".into(), move |s| fused_dyn("f16", c, s)));
 }
 
 /// A slow producer that writes the positions (kernel source of this test only).
