@@ -47,9 +47,9 @@
 // scales, rotates and stores its chunks. kPrefetch (the host's choice for small PDL vector
 // launches): before the PDL wait each head's first lane issues an L2 prefetch of its head and the
 // first table thread one of the token's position. Launch bounds kMinBlocks × 512 threads: 3 (≤ 40
-// registers, no spills) for the host's launches below 1024 CTAs, 4 (32 registers, 8 bytes of
-// stack) from there (vector path, no prefetch; see LARGE_GRID_CTAS in plan.rs): more CTAs per SM
-// pay off once the grid runs many waves, the spill-free kernel's shorter CTAs below (S8-13).
+// registers, no spills) in general, 4 (32 registers, a few bytes of spills) for norm + RoPE
+// vector launches of 1024 CTAs or more (see LARGE_GRID_CTAS in plan.rs): more CTAs per SM pay
+// off once the grid runs many waves, the spill-free kernel's shorter CTAs below (S8-13, S8-17).
 #pragma once
 #include <kiln/common.cuh>
 #include <kiln/convert.cuh>

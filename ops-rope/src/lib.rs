@@ -76,7 +76,8 @@ enum Access {
     /// 16-byte vectors and an L2 prefetch before the PDL wait (small PDL launches only: without
     /// PDL there is no predecessor to overlap).
     VecPrefetch,
-    /// 16-byte vectors, 4 CTAs per SM instead of 3 (grids of [`plan::LARGE_GRID_CTAS`] or more).
+    /// 16-byte vectors, 4 CTAs per SM instead of 3 (norm + RoPE grids of
+    /// [`plan::LARGE_GRID_CTAS`] or more).
     VecLarge,
 }
 
@@ -91,7 +92,8 @@ impl Access {
     }
 }
 
-/// The kernels of one (dtype, norm) pair, in `SPECS` order: (access, PDL).
+/// The kernels of one dtype with the norm, in `SPECS` order: (access, PDL); without the norm the
+/// first [`APPLY_MODES`] of them (no large-grid kernel).
 const MODES: [(Access, bool); 7] = [
     (Access::Vec, false),
     (Access::Vec, true),
@@ -101,12 +103,18 @@ const MODES: [(Access, bool); 7] = [
     (Access::VecLarge, false),
     (Access::VecLarge, true),
 ];
+const APPLY_MODES: usize = 5;
+
+/// The modes built for `norm`.
+fn modes(norm: bool) -> &'static [(Access, bool)] {
+    &MODES[..if norm { MODES.len() } else { APPLY_MODES }]
+}
 
 fn build_specs() -> Vec<KernelSpec> {
     let mut v = Vec::new();
     for dt in DTYPES {
         for norm in [true, false] {
-            for (access, pdl) in MODES {
+            for &(access, pdl) in modes(norm) {
                 let op = if norm { "fused_qk_norm_rope" } else { "apply_rope" };
                 let name = format!("{op}__{}__{}{}", dt.tag(), access.tag(), if pdl { "__pdl" } else { "" });
                 let args = [
@@ -128,22 +136,23 @@ fn build_specs() -> Vec<KernelSpec> {
 }
 
 /// The kernel of a launch: `prefetch` applies to PDL vector launches only, `large` (a grid of
-/// [`plan::LARGE_GRID_CTAS`] or more) to the other vector launches.
+/// [`plan::LARGE_GRID_CTAS`] or more) to the other vector launches with the norm.
 fn spec(dt: DtypeId, norm: bool, vec: bool, pdl: bool, prefetch: bool, large: bool) -> &'static KernelSpec {
     let d = DTYPES.iter().position(|&x| x == dt).expect("Element is bf16 or f16");
-    let access = match (vec, prefetch && pdl, large) {
+    let access = match (vec, prefetch && pdl, large && norm) {
         (false, _, _) => Access::Scalar,
         (true, true, _) => Access::VecPrefetch,
         (true, false, true) => Access::VecLarge,
         (true, false, false) => Access::Vec,
     };
-    let m = MODES.iter().position(|&x| x == (access, pdl)).expect("every mode has a spec");
-    &SPECS[(d * 2 + !norm as usize) * MODES.len() + m]
+    let m = modes(norm).iter().position(|&x| x == (access, pdl)).expect("every mode has a spec");
+    &SPECS[d * (MODES.len() + APPLY_MODES) + if norm { 0 } else { MODES.len() } + m]
 }
 
 /// Every kernel instantiation of this crate (for prewarm, snapshots and preload): bf16 and f16 ×
-/// {norm + RoPE, RoPE} × {16-byte vector, scalar (unaligned rows), vector for large grids} ×
-/// {plain, PDL}, and the prefetching PDL vector kernels of small launches.
+/// {norm + RoPE, RoPE} × {16-byte vector, scalar (unaligned rows)} × {plain, PDL}, the
+/// prefetching PDL vector kernels of small launches and the norm + RoPE vector kernels of large
+/// grids.
 pub fn kernel_specs() -> Vec<KernelSpec> {
     SPECS.clone()
 }

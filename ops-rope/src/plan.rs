@@ -108,14 +108,17 @@ pub(crate) const TWO_PAIRS_FROM_TOKENS: usize = 512;
 /// tokens 0.5–8 % faster, 128 tokens 16–20 % (up to 2.2 MB), 512 tokens (4.7 MB) 7 % slower.
 pub(crate) const PREFETCH_MAX_BYTES: usize = 3 << 20;
 
-/// Vector launches (without the prefetch) of at least this many CTAs run the kernel built for 4
-/// CTAs × 512 threads per SM (32 registers, 8 bytes of stack) instead of 3 (40 registers, no
-/// spills). Measured on the H100 after the bank-conflict-free layouts (S8-13, twice each,
-/// alternating): 2048 tokens 14.98 → 14.81 µs (16,2,2,256), 14.95 → 14.64 (32,4,4,128), 27.33 →
-/// 26.83 (64,4,4,128), 16384 tokens 2–3 % faster, 512 tokens of (64,4,4,128) (1024 CTAs) 8.16 →
-/// 7.82; but 512 tokens of the 36- and 18-head shapes (512 CTAs) 4.76 → 5.22 / 5.52 and 1–128
-/// tokens 5–13 % slower (every CTA's latency counts there; the larger kernel spills). In session 2,
-/// before the layout change, 4 × 512 lost up to 2048 tokens.
+/// Norm + RoPE vector launches (without the prefetch) of at least this many CTAs run the kernel
+/// built for 4 CTAs × 512 threads per SM (32 registers; ptxas reports 8 bytes of stack on sm_90a,
+/// 16 on sm_100a) instead of 3 (40 registers, no spills). Measured on the H100 after the
+/// bank-conflict-free layouts (S8-13, twice each, alternating): 2048 tokens 14.98 → 14.81 µs
+/// (16,2,2,256), 14.95 → 14.64 (32,4,4,128), 27.33 → 26.83 (64,4,4,128), 16384 tokens 2–3 %
+/// faster, 512 tokens of (64,4,4,128) (1024 CTAs) 8.16 → 7.82; but 512 tokens of the 18- and
+/// 36-head shapes (512 CTAs) 4.77 → 5.22 / 4.76 → 5.52 and 1–128 tokens 5–13 % slower (there each
+/// CTA's latency counts, and the 4-CTA build spills). RoPE alone (`apply_rope*`, whose 4-CTA build
+/// spills 12 bytes on sm_90a) measured 0.6–1.6 % slower with it from 2048 tokens (S8-17) and keeps
+/// the 3-CTA kernel. In session 2, before the layout change, 4 × 512 lost up to 2048 tokens. The
+/// rule is measured on sm_90 only.
 pub(crate) const LARGE_GRID_CTAS: u64 = 1024;
 
 /// Whether a grid takes the 4-CTAs-per-SM kernel ([`LARGE_GRID_CTAS`]).

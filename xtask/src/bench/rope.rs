@@ -1,11 +1,11 @@
 //! Benchmarks of kiln-rope: `fused_qknorm_rope` on the shapes of `../shared/peers/bench_peers.py`,
 //! in the peer's configuration (bf16, NeoX, full rotary, eps 1e-6, base 1e6, no YaRN, int32
 //! positions uniform in [0, 32768)). Bytes = q and k heads read and written once + positions.
-//! `fused_qknorm_rope.interleaved`: the same with GPT-J (interleaved) pairs at a few sizes (no
-//! peer row).
+//! `fused_qknorm_rope.interleaved`: the same with GPT-J (interleaved) pairs at a few sizes;
+//! `apply_rope_qkv`: RoPE alone (no norm) on the same shapes at a few sizes (no peer rows).
 
 use half::bf16;
-use kiln_rope::{Heads, QkNormRope, Rope, Rows, fused_qk_norm_rope};
+use kiln_rope::{Heads, QkNormRope, Rope, Rows, apply_rope_qkv, fused_qk_norm_rope};
 use kiln_runtime::cudarc::driver::CudaSlice;
 
 use super::{Ctx, sets_for};
@@ -29,19 +29,24 @@ type Style = fn(f64, usize) -> Rope;
 /// Times every shape.
 pub fn run(c: &mut Ctx) -> anyhow::Result<()> {
     let tokens: &[usize] = if c.quick { &[1, 32, 256, 2048, 8192] } else { &[1, 8, 32, 128, 512, 2048, 8192, 16384] };
-    let interleaved: &[usize] = if c.quick { &[256] } else { &[1, 128, 2048, 16384] };
-    let styles: [(&str, Style, &[usize]); 2] =
-        [("fused_qknorm_rope", Rope::neox, tokens), ("fused_qknorm_rope.interleaved", Rope::interleaved, interleaved)];
-    for (op, style, tokens) in styles {
+    let few: &[usize] = if c.quick { &[256] } else { &[1, 128, 512, 2048, 16384] };
+    // (op, pair style, with the norm, token counts)
+    let rows: [(&str, Style, bool, &[usize]); 3] = [
+        ("fused_qknorm_rope", Rope::neox, true, tokens),
+        ("fused_qknorm_rope.interleaved", Rope::interleaved, true, few),
+        ("apply_rope_qkv", Rope::neox, false, few),
+    ];
+    for (op, style, norm, tokens) in rows {
         for (nq, nk, nv, hd) in [(32, 4, 4, 128), (64, 4, 4, 128), (16, 2, 2, 256)] {
-            time_shape(c, op, Heads { nq, nk, nv, head_dim: hd }, style(1e6, hd), tokens)?;
+            time_shape(c, op, Heads { nq, nk, nv, head_dim: hd }, style(1e6, hd), norm, tokens)?;
         }
     }
     Ok(())
 }
 
-/// Times `fused_qk_norm_rope` with `rope` on `heads` at each token count, as rows `op`.
-fn time_shape(c: &mut Ctx, op: &str, heads: Heads, rope: Rope, tokens: &[usize]) -> anyhow::Result<()> {
+/// Times `fused_qk_norm_rope` (`norm`) or `apply_rope_qkv` with `rope` on `heads` at each token
+/// count, as rows `op`.
+fn time_shape(c: &mut Ctx, op: &str, heads: Heads, rope: Rope, norm: bool, tokens: &[usize]) -> anyhow::Result<()> {
     let stream = c.rt.stream().clone();
     let Heads { nq, nk, nv, head_dim: hd } = heads;
     let width = (nq + nk + nv) * hd;
@@ -60,7 +65,11 @@ fn time_shape(c: &mut Ctx, op: &str, heads: Heads, rope: Rope, tokens: &[usize])
         let positions = stream.clone_htod(&positions)?;
         let rows = Rows::contiguous(t, width);
         let rt = c.rt.clone();
-        let us = c.time(sets, |i| fused_qk_norm_rope(&rt, &mut qkvs[i], rows, &qw, &kw, &positions, &cfg))?;
+        let us = if norm {
+            c.time(sets, |i| fused_qk_norm_rope(&rt, &mut qkvs[i], rows, &qw, &kw, &positions, &cfg))?
+        } else {
+            c.time(sets, |i| apply_rope_qkv(&rt, &mut qkvs[i], rows, &positions, heads, &rope))?
+        };
         c.record(op, &name, us, bytes as f64, None)?;
     }
     Ok(())
