@@ -144,8 +144,8 @@ pub(crate) fn launch(rt: &Runtime, plan: &GemmPlan, p: &GemmPtrs) -> Result<()> 
         // 128; k and n are multiples of 128, experts ≤ 1024, experts·n, k and rows ≤ i32::MAX (so
         // the int32 fields hold them); the metadata buffers hold `experts` int32 each (their
         // contents are clamped on the device so that every access stays inside those bounds, whole
-        // 128-row scale atoms included); the
-        // operand pointers are 16-byte aligned, out 4-byte aligned; the tensor maps describe
+        // 128-row scale atoms included); every buffer lives in the runtime's context; the operand
+        // pointers are 16-byte aligned, out 4-byte aligned; the tensor maps describe
         // exactly the tokens and weights buffers; the dynamic shared memory is the kernel's own
         // formula for `experts` (the kernel traps if it gets less). The caller holds the buffers'
         // guards until this returns and the kernel runs on the runtime's stream, which orders it

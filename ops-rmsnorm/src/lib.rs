@@ -398,6 +398,8 @@ pub fn rms_norm_alloc<T: Activation, W: WeightOf<T>>(
     req.out = Some(Buf { ptr: 0, len: n });
     req.weight = Buf { ptr: 0, len: weight.len() };
     plan::plan(&req)?;
+    rt.check_context(OP, "x", x)?;
+    rt.check_context(OP, "weight", weight)?;
     let mut out = ffi::alloc_output::<T>(rt, n)?;
     launch_separate(rt, OP, x, weight, &mut out, shape, norm, None)?;
     Ok(out)

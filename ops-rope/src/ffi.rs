@@ -50,7 +50,8 @@ pub(crate) fn launch(rt: &Runtime, kernel: &Kernel, grid: (u32, u32), block: u32
     let cfg = LaunchConfig { grid: (grid.0, grid.1, 1), block: (block, 1, 1), smem: 0 };
     // SAFETY: `Params` is the kernel's single by-value parameter (same field order and types; its
     // size is asserted here and checked against the PTX `.param` by the snapshot suite). Every
-    // pointer in it comes from a live cudarc buffer whose guard the caller holds until this call
+    // pointer in it comes from a live cudarc buffer of the runtime's context (lib.rs checked each
+    // with `Runtime::check_context`) whose guard the caller holds until this call
     // returns, and lib.rs checked the lengths, strides, alignment flag and grid listed in this
     // function's doc comment, so the kernel only touches elements inside those buffers; the launch
     // is ordered on the runtime's stream after the work that produced them.
