@@ -343,14 +343,25 @@ fn foreign_buffers() -> anyhow::Result<()> {
     let heads = kiln_rope::Heads { nq: 1, nk: 1, nv: 0, head_dim: d };
     let mut foreign = theirs.clone();
     let rope = kiln_rope::Rope::neox(1e4, d);
-    expect(
-        "apply_rope_qkv",
-        kiln_rope::apply_rope_qkv(&a, &mut foreign, kiln_rope::Rows::contiguous(rows, 2 * d), &positions, heads, &rope),
-    )?;
+    let qkv_rows = kiln_rope::Rows::contiguous(rows, 2 * d);
+    expect("apply_rope_qkv", kiln_rope::apply_rope_qkv(&a, &mut foreign, qkv_rows, &positions, heads, &rope))?;
+    // Only the k weight is foreign here, then only k.
+    let (qn, kn): (CudaSlice<bf16>, CudaSlice<bf16>) = (a.stream().alloc_zeros(d)?, b.stream().alloc_zeros(d)?);
+    let cfg = kiln_rope::QkNormRope { heads, eps: 1e-6, rope };
+    expect("fused_qk_norm_rope", kiln_rope::fused_qk_norm_rope(&a, &mut ours, qkv_rows, &qn, &kn, &positions, &cfg))?;
+    let mut q_half: CudaSlice<bf16> = a.stream().alloc_zeros(rows * d)?;
+    let mut k_half: CudaSlice<bf16> = b.stream().alloc_zeros(rows * d)?;
+    let half = kiln_rope::Rows::contiguous(rows, d);
+    expect("apply_rope", kiln_rope::apply_rope(&a, &mut q_half, half, &mut k_half, half, &positions, d, &rope))?;
     let q: CudaSlice<E4m3> = a.stream().alloc_zeros(rows * d)?;
     let s: CudaSlice<E8m0> = b.stream().alloc_zeros(rows * d / 32)?;
     let layout = kiln_mxfp8::ScaleLayout::RowMajor;
-    expect("dequantize_mxfp8", kiln_mxfp8::dequantize_mxfp8(&a, &q, &s, &mut out, kiln_mxfp8::Mxfp8Shape::contiguous(rows, d), layout))?;
+    let mx = kiln_mxfp8::Mxfp8Shape::contiguous(rows, d);
+    expect("dequantize_mxfp8", kiln_mxfp8::dequantize_mxfp8(&a, &q, &s, &mut out, mx, layout))?;
+    let mut q_out: CudaSlice<E4m3> = a.stream().alloc_zeros(rows * d)?;
+    let mut s_out: CudaSlice<E8m0> = a.stream().alloc_zeros(rows * d / 32)?;
+    let strided = kiln_mxfp8::Mxfp8Shape { rows, k: d, x_stride: 2 * d, q_stride: d };
+    expect("quantize_mxfp8_into", kiln_mxfp8::quantize_mxfp8_into(&a, &theirs, &mut q_out, &mut s_out, strided, layout))?;
     Ok(())
 }
 
