@@ -9,6 +9,7 @@ use kiln_runtime::{
     ensure, template_expr,
 };
 
+use crate::checked_len;
 use crate::ffi_gemm::{self, GemmPtrs};
 use crate::layout::{ATOM_ROWS, BLOCK};
 use crate::quant::{Experts, HEADERS, MAX_EXPERTS};
@@ -323,18 +324,18 @@ pub(crate) fn plan(
     );
     ensure!(rows <= i32::MAX as usize, OP, "rows={rows} exceeds i32::MAX (expert offsets are int32)");
     let nkb = k / BLOCK;
-    let wn = checked_len("experts*n*k", &[("experts", experts), ("n", n), ("k", k)])?;
+    let wn = checked_len(OP, "experts*n*k", &[("experts", experts), ("n", n), ("k", k)])?;
     ensure!(lens.weights == wn, OP, "weights.len()={} != experts*n*k={wn} (experts={experts}, n={n}, k={k})", lens.weights);
-    let wsn = checked_len("experts*n*k/32", &[("experts", experts), ("n", n), ("k/32", nkb)])?;
+    let wsn = checked_len(OP, "experts*n*k/32", &[("experts", experts), ("n", n), ("k/32", nkb)])?;
     ensure!(
         lens.weight_scales == wsn,
         OP,
         "weight_scales.len()={} != experts*n*k/32={wsn} (experts={experts}, n={n}, k={k})",
         lens.weight_scales
     );
-    let tn = checked_len("rows*k", &[("rows", rows), ("k", k)])?;
+    let tn = checked_len(OP, "rows*k", &[("rows", rows), ("k", k)])?;
     ensure!(lens.tokens == tn, OP, "tokens.len()={} != rows*k={tn} (rows={rows}, k={k})", lens.tokens);
-    let on = checked_len("rows*n", &[("rows", rows), ("n", n)])?;
+    let on = checked_len(OP, "rows*n", &[("rows", rows), ("n", n)])?;
     ensure!(lens.out == on, OP, "out.len()={} != rows*n={on} (rows={rows}, n={n})", lens.out);
     let group = ATOM_ROWS * nkb;
     ensure!(
@@ -364,19 +365,6 @@ pub(crate) fn plan(
         return Ok(None);
     }
     Ok(Some(GemmPlan { kernel, dtype, shape, scale_rows, smem: kernel.smem_bytes(experts) as u32 }))
-}
-
-/// The product of `factors` (named values) as a buffer length, or an `Err` naming the product,
-/// its exact value and the factors when it overflows `usize`.
-fn checked_len(expr: &str, factors: &[(&str, usize)]) -> Result<usize> {
-    factors.iter().try_fold(1usize, |acc, &(_, f)| acc.checked_mul(f)).ok_or_else(|| {
-        let exact = factors
-            .iter()
-            .try_fold(1u128, |acc, &(_, f)| acc.checked_mul(f as u128))
-            .map_or_else(|| "more than u128::MAX".to_string(), |v| v.to_string());
-        let named = factors.iter().map(|(name, v)| format!("{name}={v}")).collect::<Vec<_>>().join(", ");
-        Error::invalid(OP, format!("{expr}={exact} overflows usize ({named})"))
-    })
 }
 
 /// The grouped MXFP8 GEMM of an MoE layer, for every expert g and each of its token rows t

@@ -71,7 +71,20 @@ pub mod layout;
 mod quant;
 pub mod reference;
 
-use kiln_runtime::KernelSpec;
+use kiln_runtime::{Error, KernelSpec, Result};
+
+/// The product of `factors` (named values) as a buffer length, or an `Err` of `op` naming the
+/// product, its exact value and the factors when it overflows `usize`.
+pub(crate) fn checked_len(op: &'static str, expr: &str, factors: &[(&str, usize)]) -> Result<usize> {
+    factors.iter().try_fold(1usize, |acc, &(_, f)| acc.checked_mul(f)).ok_or_else(|| {
+        let exact = factors
+            .iter()
+            .try_fold(1u128, |acc, &(_, f)| acc.checked_mul(f as u128))
+            .map_or_else(|| "more than u128::MAX".to_string(), |v| v.to_string());
+        let named = factors.iter().map(|(name, v)| format!("{name}={v}")).collect::<Vec<_>>().join(", ");
+        Error::invalid(op, format!("{expr}={exact} overflows usize ({named})"))
+    })
+}
 
 pub use gemm::{
     DECODE_MAX_TOKENS_PER_EXPERT, GemmKernel, GemmOutput, GroupedGemmShape, Mxfp8Operand, grouped_gemm_kernel, grouped_gemm_mxfp8,

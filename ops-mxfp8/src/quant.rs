@@ -511,9 +511,7 @@ pub fn dequantize_mxfp8_grouped<T: Dtype, M: DevicePtr<i32>>(
 /// `layout.scale_bytes(rows, k)` E8M0, or an `Err` naming the shape when either overflows.
 fn dense_output_lens(rows: usize, k: usize, layout: ScaleLayout) -> Result<(usize, usize)> {
     let op = Dir::Quantize.op();
-    let q = rows
-        .checked_mul(k)
-        .ok_or_else(|| Error::invalid(op, format!("q.len()=rows*k={} overflows usize (rows={rows}, k={k})", rows as u128 * k as u128)))?;
+    let q = crate::checked_len(op, "q.len()=rows*k", &[("rows", rows), ("k", k)])?;
     let scales = layout.checked_scale_bytes(rows, k).ok_or_else(|| {
         let exact = exact_scale_bytes(layout, rows, k);
         Error::invalid(

@@ -92,11 +92,11 @@ fn oversized_k_and_lengths_are_errors() {
     let s = shape(1, 128, (1 << 31) - 128, 1);
     assert!(check(s, lens(s, 128), GemmAddrs::default()).unwrap().is_some());
     // What `plan` reports if a product ever overflows (not reachable on 64-bit once K is bounded).
-    let r = reason(checked_len("rows*k", &[("rows", usize::MAX), ("k", 2)]).map(|_| None));
+    let r = reason(checked_len(OP, "rows*k", &[("rows", usize::MAX), ("k", 2)]).map(|_| None));
     assert_eq!(r, "rows*k=36893488147419103230 overflows usize (rows=18446744073709551615, k=2)");
-    let r = reason(checked_len("experts*n*k", &[("experts", usize::MAX), ("n", usize::MAX), ("k", usize::MAX)]).map(|_| None));
+    let r = reason(checked_len(OP, "experts*n*k", &[("experts", usize::MAX), ("n", usize::MAX), ("k", usize::MAX)]).map(|_| None));
     assert!(r.starts_with("experts*n*k=more than u128::MAX overflows usize (experts=18446744073709551615"), "{r}");
-    assert_eq!(checked_len("rows*n", &[("rows", 3), ("n", 128)]).unwrap(), 384);
+    assert_eq!(checked_len(OP, "rows*n", &[("rows", 3), ("n", 128)]).unwrap(), 384);
     // The kernel choice of an unvalidated shape does not overflow either.
     assert_eq!(choose(Arch::SM90, &shape(usize::MAX, 128, 128, 4), None).unwrap(), GemmKernel::WgmmaDecode);
 }
