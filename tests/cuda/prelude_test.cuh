@@ -120,3 +120,24 @@ __global__ void test_pdl_consumer(PdlParams p) {
   const long long i = kiln::global_thread_id();
   if (i < p.n) p.out[i] = p.data[i] * 2.0f;
 }
+
+template <typename I>
+struct IdWriterParams {
+  const I* src;       // n ids
+  I* dst;             // n ids
+  long long n;
+  long long spin;     // clock cycles to spin before writing
+};
+
+// A slow producer of row-filter ids (dst ← src) that lets its dependents launch early: they
+// read dst before their PDL wait (hints) and must decide only from what they read after it.
+// A template, so that only the name expression instantiates it.
+template <typename I>
+__global__ void test_pdl_id_writer(IdWriterParams<I> p) {
+  kiln::pdl_launch_dependents<true>();
+  const long long start = clock64();
+  while (clock64() - start < p.spin) {
+  }
+  const long long i = kiln::global_thread_id();
+  if (i < p.n) p.dst[i] = p.src[i];
+}

@@ -36,6 +36,10 @@ pub fn pdl_consumer(pdl: bool) -> KernelSpec {
     )
     .pdl(pdl)
 }
+/// `test_pdl_id_writer` (like [`pdl_producer`], for i32 ids; params [`IdWriterParams`]).
+pub fn pdl_id_writer() -> KernelSpec {
+    KernelSpec::new("test_pdl_id_writer", &SOURCE, "test_pdl_id_writer<int>")
+}
 
 /// Every prelude test kernel.
 pub fn all() -> Vec<KernelSpec> {
@@ -54,6 +58,7 @@ pub fn all() -> Vec<KernelSpec> {
     v.push(pdl_producer());
     v.push(pdl_consumer(false));
     v.push(pdl_consumer(true));
+    v.push(pdl_id_writer());
     v
 }
 
@@ -71,4 +76,18 @@ pub struct PdlParams {
     pub spin: i64,
     /// Producer writes `data[i] = value + i`.
     pub value: f32,
+}
+
+/// Parameters of `test_pdl_id_writer<int>` (mirrors `IdWriterParams<int>` in the .cuh).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct IdWriterParams {
+    /// Device address of `n` i32 ids to copy.
+    pub src: u64,
+    /// Device address of the `n` i32 ids written.
+    pub dst: u64,
+    /// Id count.
+    pub n: i64,
+    /// Clock cycles to spin before writing.
+    pub spin: i64,
 }

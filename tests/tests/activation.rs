@@ -11,9 +11,9 @@ use std::ops::Range;
 use half::{bf16, f16};
 use kiln_activation::{self as act, Activation, Options, Rounding, Shape, reference as r};
 use kiln_runtime::cudarc::driver::CudaSlice;
-use kiln_runtime::{DtypeId, Error, FastMath, Knobs, Runtime};
+use kiln_runtime::{DtypeId, Error, FastMath, Knobs, LaunchConfig, Runtime};
 use kiln_tests::data::{Rng, TestFloat, seed};
-use kiln_tests::gpu::{download, filled, rt, upload};
+use kiln_tests::gpu::{download, filled, ptr, rt, upload};
 use kiln_tests::{Need, trial};
 use libtest_mimic::Trial;
 
@@ -526,6 +526,95 @@ fn pdl_chain<T: Elem>(rows: usize, d: usize, rounds: usize, filtered: bool) -> a
     Ok(())
 }
 
+/// The ids themselves come from the predecessor: a slow PDL producer (it releases its dependents
+/// at once, then spins ~2 ms) overwrites ids that skip or keep each row at random with new ones.
+/// The default consumer (ids read after its wait, as issue 3 asks) must compute exactly the rows
+/// the new ids keep; rows kept only by the old ids keep their poison. The control shows that the
+/// setup can catch an early read: the same launch with `ids_before_wait` (which a caller may only
+/// use when the predecessor does not write the ids) follows the old ids and fails the check.
+fn ids_from_predecessor<T: Elem>(rows: usize, d: usize, step: usize) -> anyhow::Result<()> {
+    let rt = rt()?;
+    anyhow::ensure!(rt.pdl_enabled(), "PDL must be enabled on cc >= 9.0 (KILN_PDL unset)");
+    let s = seed();
+    let mut rng = Rng::new(s);
+    let c = Case::new(Activation::Silu, rows, d);
+    let host_x: Vec<T> = rng.normals(c.in_len(), 2.0).into_iter().map(T::from_f64).collect();
+    let x = upload(&rt, &host_x)?;
+    let n_ids = rows.div_ceil(step);
+    let writer = rt.kernel(&kiln_tests::prelude_kernels::pdl_id_writer())?;
+    // Loaded up front: a compilation between the writer's launch and the activation's would let
+    // the writer finish first (the control then reads the new ids too).
+    rt.preload(&[
+        act::spec_for::<T>(&rt, Activation::Silu, Rounding::Once).clone(),
+        act::tiled_spec_for::<T>(&rt, Activation::Silu, Rounding::Once).clone(),
+    ])?;
+    for round in 0..4 {
+        let control = round == 3;
+        let draw = |rng: &mut Rng| (0..n_ids).map(|_| if rng.uniform() < 0.5 { -1 } else { 3 }).collect::<Vec<i32>>();
+        let (old, new) = (draw(&mut rng), draw(&mut rng));
+        let (dev_ids, src) = (upload(&rt, &old)?, upload(&rt, &new)?);
+        let mut out = filled(&rt, rows * d, T::poison())?;
+        rt.stream().synchronize()?;
+        let p =
+            kiln_tests::prelude_kernels::IdWriterParams { src: ptr(&rt, &src), dst: ptr(&rt, &dev_ids), n: n_ids as i64, spin: 4_000_000 };
+        // SAFETY: IdWriterParams mirrors the kernel's; `src` and `dev_ids` hold n_ids ids.
+        unsafe { rt.launch(&writer, LaunchConfig::linear((n_ids as u32).div_ceil(256), 256)).run(&p)? };
+        let opts = Options::new().expert_filter(&dev_ids, step);
+        let opts = if control { opts.ids_before_wait() } else { opts };
+        act::act_and_mul_with(&rt, Activation::Silu, &x, &mut out, c.shape(), &opts)?;
+        let got = download(&rt, &out)?;
+        let checked = verify(&c, &host_x, &padded(got), &|r| new[r / step] != -1, s);
+        match (control, checked) {
+            (false, r) => r.map(|_| ()).map_err(|e| e.context(format!("round {round}")))?,
+            (true, Ok(_)) => anyhow::bail!("control: ids read before the wait matched the new ids (the producer finished first?)"),
+            (true, Err(_)) => {}
+        }
+    }
+    Ok(())
+}
+
+/// With [`Options::ids_before_wait`] the warps whose rows are all skipped leave before the PDL
+/// wait, but block 0 always waits, so the PDL chain stays transitive: a slow producer (it
+/// releases its dependents at once, then spins ~2 ms before writing `data`) → an activation that
+/// skips every row → a PDL consumer of `data`. The consumer waits only for the activation; if
+/// that grid could complete before the producer, the consumer would read stale `data`. Also
+/// checks that the activation wrote nothing. (A control build in which every block left early
+/// also passed on the H100, S9-2: that GPU does not complete such a grid ahead of its
+/// predecessor either; block 0's wait keeps the property where the hardware might.)
+fn skipped_grid_keeps_the_chain() -> anyhow::Result<()> {
+    use kiln_tests::prelude_kernels::{self as pk, PdlParams};
+    let rt = rt()?;
+    anyhow::ensure!(rt.pdl_enabled(), "PDL must be enabled on cc >= 9.0 (KILN_PDL unset)");
+    let s = seed();
+    let c = Case::new(Activation::Silu, 4096, 1024);
+    let mut act_data = prepare::<bf16>(&rt, &c, &mut Rng::new(s))?;
+    let dev_ids = upload(&rt, &vec![-1i32; c.rows])?;
+    let n = 1 << 16;
+    let data = filled(&rt, n, 0.0f32)?;
+    let out = filled(&rt, n, f32::NAN)?;
+    let (prod, cons) = (rt.kernel(&pk::pdl_producer())?, rt.kernel(&pk::pdl_consumer(true))?);
+    // Loaded up front: a compilation between the producer's launch and the activation's would
+    // let the producer finish first.
+    rt.preload(&[act::tiled_spec_for::<bf16>(&rt, Activation::Silu, Rounding::Once).clone()])?;
+    let opts = Options::new().expert_filter(&dev_ids, 1).ids_before_wait();
+    for round in 0..3 {
+        let value = 1000.0 * (round + 1) as f32;
+        let p = PdlParams { data: ptr(&rt, &data), out: ptr(&rt, &out), n: n as i64, spin: 4_000_000, value };
+        let cfg = LaunchConfig::linear((n as u32).div_ceil(256), 256);
+        // SAFETY: PdlParams mirrors the kernels'; `data` and `out` hold n floats.
+        unsafe { rt.launch(&prod, cfg).run(&p)? };
+        launch(&rt, &c, &mut act_data, &opts)?;
+        // SAFETY: as above.
+        unsafe { rt.launch(&cons, cfg).run(&p)? };
+        let got = download(&rt, &out)?;
+        for (i, g) in got.iter().enumerate() {
+            anyhow::ensure!(*g == 2.0 * (value + i as f32), "round {round}: out[{i}] = {g}: the producer's write was not seen");
+        }
+    }
+    verify(&c, &act_data.host, &download(&rt, &act_data.out)?, &|_| false, s)?;
+    Ok(())
+}
+
 fn expect_invalid(what: &str, r: kiln_runtime::Result<()>, needle: &str) -> anyhow::Result<()> {
     match r {
         Err(Error::InvalidArgument { reason, .. }) if reason.contains(needle) => Ok(()),
@@ -630,6 +719,10 @@ fn main() {
     t.extend(dtype_trials("filter::ids_before_wait_large", |dt| by_dtype!(dt, expert_filter, silu(4099, 2048), 3, None, true)));
     t.extend(dtype_trials("filter::sorted_ids_before_wait", |dt| by_dtype!(dt, sorted_filter, 24, 16, 512, true, None, true)));
     t.extend(dtype_trials("filter::pdl_chain_ids_before_wait", |dt| by_dtype!(dt, pdl_chain, 512, 1024, 3, true)));
+    // Ids written by the predecessor (general kernel; tiled kernel, tile 2, by size).
+    t.extend(dtype_trials("filter::ids_from_predecessor", |dt| by_dtype!(dt, ids_from_predecessor, 300, 1024, 1)));
+    t.extend(dtype_trials("filter::ids_from_predecessor_large", |dt| by_dtype!(dt, ids_from_predecessor, 4099, 4096, 2)));
+    t.push(trial("t2::activation::filter::skipped_grid_keeps_the_chain", Need::Gpu, skipped_grid_keeps_the_chain));
     t.extend(dtype_trials("filter::sorted_tiled5", |dt| by_dtype!(dt, sorted_filter, 24, 16, 512, true, Some(5), false)));
     t.extend(dtype_trials("filter::all_skipped", |dt| by_dtype!(dt, all_skipped)));
     t.extend(dtype_trials("filter::none_skipped", |dt| by_dtype!(dt, none_skipped)));
