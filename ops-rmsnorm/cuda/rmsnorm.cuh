@@ -279,7 +279,9 @@ KILN_DEVICE float rstd_of(float sumsq, const Params& p) {
 }
 
 // Chunk c of the outputs: residual <- RN_T(v) (kFused), out <- y.
-template <typename T, typename W, bool kFused, bool kVec>
+// kHfOnly: the caller has checked p.form == kHf (the register kernels branch once, uniformly,
+// around their whole write phase), so the selects and the unused forms' arithmetic drop out.
+template <typename T, typename W, bool kFused, bool kVec, bool kHfOnly = false>
 KILN_DEVICE void write_chunk(const Params& p, T* orow, T* rrow, int c, const uint4& x, const uint4& r, const WChunk<T, W>& w,
                              float rstd) {
   constexpr int V = kiln::kVec16<T>;
@@ -289,9 +291,10 @@ KILN_DEVICE void write_chunk(const Params& p, T* orow, T* rrow, int c, const uin
 #pragma unroll
   for (int i = 0; i < V; ++i) u[i] = value<T, kFused>(x, r, i, sum_f32);
   if constexpr (kFused) store_piece<T, kVec>(rrow, e0, p.hidden, pack<T>(u));  // RN_T(v) in both sum modes
-  // One code path for the three forms (selects, not branches, so the compiler can interleave
-  // chunks): kHf rounds u·rstd to T first; kGemma uses 1 + w (an fp32 add), the others w itself.
-  const bool hf = p.form == kHf, gemma = p.form == kGemma;
+  // One code path for the forms (selects, not branches, so the compiler can interleave chunks;
+  // with kHfOnly the selects fold away): kHf rounds u·rstd to T first; kGemma uses 1 + w (an
+  // fp32 add), the others w itself.
+  const bool hf = kHfOnly || p.form == kHf, gemma = !kHfOnly && p.form == kGemma;
   float y[V];
 #pragma unroll
   for (int i = 0; i < V; ++i) {
@@ -336,6 +339,30 @@ KILN_DEVICE void prefetch_rows(const Params& p) {
     if (row >= p.rows) break;
     kiln::pdl_prefetch_l2<kPdl>(static_cast<const T*>(p.x) + row * p.x_stride, bytes);
     if constexpr (kFused) kiln::pdl_prefetch_l2<kPdl>(static_cast<const T*>(p.residual) + row * p.res_stride, bytes);
+  }
+}
+
+// rows_body's write phase: chunk k of each of the thread's rows (weights loaded here unless
+// kWeightEarly). kHfOnly: see write_chunk.
+template <typename T, typename W, int kK, int kR, bool kFused, bool kVec, bool kWeightEarly, bool kHfOnly>
+KILN_DEVICE void write_rows(const Params& p, const uint4 (&xv)[kR][kK], const uint4 (&rv)[kR][kK], WChunk<T, W> (&wv)[kK],
+                            const float (&rstd)[kR], const RowSlots& rs, int nr) {
+  const W* wt = static_cast<const W*>(p.weight);
+#pragma unroll
+  for (int k = 0; k < kK; ++k) {
+    const int c = rs.g + (k << p.log2_group);
+    if (rs.base < p.rows && c < p.chunks) {
+      if constexpr (!kWeightEarly) wv[k] = load_weight<T, W, kVec>(wt, c, p.hidden);
+#pragma unroll
+      for (int j = 0; j < kR; ++j) {
+        const long long row = rs.base + j * rs.step;
+        if (j < nr && row < p.rows) {
+          T* orow = static_cast<T*>(p.out) + row * p.out_stride;
+          T* rrow = kFused ? static_cast<T*>(p.residual) + row * p.res_stride : nullptr;
+          write_chunk<T, W, kFused, kVec, kHfOnly>(p, orow, rrow, c, xv[j][k], rv[j][k], wv[k], rstd[j]);
+        }
+      }
+    }
   }
 }
 
@@ -401,6 +428,17 @@ KILN_DEVICE void rows_body(const Params& p, float (*part)[32]) {
       for (int k = 0; k < h; ++k) s[k] = __fadd_rn(s[k], s[k + h]);
     rstd[j] = s[0];
   }
+  // K = 4: the write phase converts the packed rows to f32 again instead of keeping the sum's
+  // conversions live across the reduction (with the HF-only write path below, ptxas otherwise
+  // spilled at the 64-register cap). The empty asm makes the packed registers opaque to the
+  // compiler; it emits no instruction. (At K = 2 the same cut 47 → 40 registers but made small
+  // grids slower, S9-5: 512×4096 4.18 → 4.36 µs.)
+  if constexpr (kK == 4) {
+#pragma unroll
+    for (int j = 0; j < kR; ++j)
+#pragma unroll
+      for (int k = 0; k < kK; ++k) asm volatile("" : "+r"(xv[j][k].x), "+r"(xv[j][k].y), "+r"(xv[j][k].z), "+r"(xv[j][k].w));
+  }
   if (lg > 5) {
     // Step 3 across warps for all R rows with one barrier (see cross_warp).
     const int lane = tid & 31;
@@ -416,21 +454,15 @@ KILN_DEVICE void rows_body(const Params& p, float (*part)[32]) {
 #pragma unroll
   for (int j = 0; j < kR; ++j) rstd[j] = rstd_of(rstd[j], p);
 
-#pragma unroll
-  for (int k = 0; k < kK; ++k) {
-    const int c = g + (k << lg);
-    if (base < p.rows && c < p.chunks) {
-      if constexpr (!kWeightEarly) wv[k] = load_weight<T, W, kVec>(wt, c, p.hidden);
-#pragma unroll
-      for (int j = 0; j < kR; ++j) {
-        const long long row = base + j * step;
-        if (j < nr && row < p.rows) {
-          T* orow = static_cast<T*>(p.out) + row * p.out_stride;
-          T* rrow = kFused ? static_cast<T*>(p.residual) + row * p.res_stride : nullptr;
-          write_chunk<T, W, kFused, kVec>(p, orow, rrow, c, xv[j][k], rv[j][k], wv[k], rstd[j]);
-        }
-      }
-    }
+  // The write phase, once for the HF form (no per-element selects) and once for the others;
+  // p.form is uniform, so the branch costs nothing. (The element-wise fallback keeps one.)
+  // Measured on the H100 (S9-17, rms_norm_hf bf16, twice each, alternating): 32×128 1.15 → 1.05
+  // µs, 1×4096 1.51 → 1.45, 1×8192 1.78 → 1.72, 8×256 1.29 → 1.06, 2048×8192 24.67 → 24.51;
+  // ≥ 64 MiB inputs within +0.1 %. (Without any of the form arithmetic, S9-16: 2048×8192 24.42.)
+  if (kVec && p.form == kHf) {
+    write_rows<T, W, kK, kR, kFused, kVec, kWeightEarly, true>(p, xv, rv, wv, rstd, rs, nr);
+  } else {
+    write_rows<T, W, kK, kR, kFused, kVec, kWeightEarly, false>(p, xv, rv, wv, rstd, rs, nr);
   }
   if constexpr (kLate) kiln::pdl_launch_dependents<kPdl>();
 }
