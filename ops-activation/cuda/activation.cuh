@@ -340,8 +340,8 @@ __global__ void __launch_bounds__(kiln_act::kThreads, kRound ? 6 : 8) act_and_mu
   unsigned kept = 0;
   if (p.flags & kIdsEarly) {
     kept = kept_rows();
-    // A warp with no kept row leaves before the wait (its slot frees at once, as SGLang's
-    // skipped blocks do), except in block 0: that block always waits, so this grid can neither
+    // A warp with no kept row leaves before the wait (a block whose warps all leave frees its
+    // slot at once, as SGLang's skipped blocks do), except in block 0: that block always waits, so this grid can neither
     // complete nor release its dependents before its predecessor has completed, and the chain
     // of PDL waits stays transitive. (On the H100 a grid whose blocks all left early still did
     // not complete ahead of its predecessor (S9-2); PTX does not promise that, block 0 does.)

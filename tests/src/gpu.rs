@@ -10,8 +10,9 @@ pub fn rt() -> anyhow::Result<Arc<Runtime>> {
     static RT: OnceLock<std::result::Result<Arc<Runtime>, String>> = OnceLock::new();
     RT.get_or_init(|| {
         let rt = Runtime::new(0).map_err(|e| e.to_string())?;
-        // SAFETY: tests use the runtime's one stream for every copy and launch, so work is
-        // ordered without cudarc's per-buffer events; no buffer of this context exists yet.
+        // SAFETY: tests use the runtime's one stream for every copy and launch (a trial that makes
+        // a stream of its own keeps its buffers on it), so work is ordered without cudarc's
+        // per-buffer events; no buffer of this context exists yet.
         unsafe { rt.context().disable_event_tracking() };
         Ok(rt)
     })

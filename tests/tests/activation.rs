@@ -527,13 +527,17 @@ fn pdl_chain<T: Elem>(rows: usize, d: usize, rounds: usize, filtered: bool) -> a
 }
 
 /// The ids themselves come from the predecessor: a slow PDL producer (it releases its dependents
-/// at once, then spins ~2 ms) overwrites ids that skip or keep each row at random with new ones.
+/// at once, then spins ~10 ms) overwrites ids that skip or keep each row at random with new ones.
 /// The default consumer (ids read after its wait, as issue 3 asks) must compute exactly the rows
 /// the new ids keep; rows kept only by the old ids keep their poison. The control shows that the
 /// setup can catch an early read: the same launch with `ids_before_wait` (which a caller may only
 /// use when the predecessor does not write the ids) follows the old ids and fails the check.
 fn ids_from_predecessor<T: Elem>(rows: usize, d: usize, step: usize) -> anyhow::Result<()> {
-    let rt = rt()?;
+    // A stream of its own: trials of one process run on parallel threads, and work another trial
+    // queued between the writer and the activation on a shared stream would wait for the writer
+    // (the control would then read the new ids). Every buffer of this trial lives on this stream.
+    let shared = rt()?;
+    let rt = Runtime::from_stream(shared.context().new_stream()?, Knobs::from_env()?)?;
     anyhow::ensure!(rt.pdl_enabled(), "PDL must be enabled on cc >= 9.0 (KILN_PDL unset)");
     let s = seed();
     let mut rng = Rng::new(s);
@@ -556,7 +560,7 @@ fn ids_from_predecessor<T: Elem>(rows: usize, d: usize, step: usize) -> anyhow::
         let mut out = filled(&rt, rows * d, T::poison())?;
         rt.stream().synchronize()?;
         let p =
-            kiln_tests::prelude_kernels::IdWriterParams { src: ptr(&rt, &src), dst: ptr(&rt, &dev_ids), n: n_ids as i64, spin: 4_000_000 };
+            kiln_tests::prelude_kernels::IdWriterParams { src: ptr(&rt, &src), dst: ptr(&rt, &dev_ids), n: n_ids as i64, spin: 20_000_000 };
         // SAFETY: IdWriterParams mirrors the kernel's; `src` and `dev_ids` hold n_ids ids.
         unsafe { rt.launch(&writer, LaunchConfig::linear((n_ids as u32).div_ceil(256), 256)).run(&p)? };
         let opts = Options::new().expert_filter(&dev_ids, step);
