@@ -341,9 +341,9 @@ __global__ void __launch_bounds__(kiln_act::kThreads, kRound ? 6 : 8) act_and_mu
   if (p.flags & kIdsEarly) {
     kept = kept_rows();
     // A warp with no kept row leaves before the wait (a block whose warps all leave frees its
-    // slot at once, as SGLang's skipped blocks do), except in block 0: that block always waits, so this grid can neither
-    // complete nor release its dependents before its predecessor has completed, and the chain
-    // of PDL waits stays transitive. (On the H100 a grid whose blocks all left early still did
+    // slot at once, as SGLang's skipped blocks do), except in block 0: that block always waits,
+    // so this grid can neither complete nor release its dependents before its predecessor has
+    // completed, and the chain of PDL waits stays transitive. (On the H100 a grid whose blocks all left early still did
     // not complete ahead of its predecessor (S9-2); PTX does not promise that, block 0 does.)
     // Measured on the H100 (S9-2, silu bf16, skip 90 %): 512×28672 5.46 → 4.53 µs, 512×8192
     // 2.29 → 2.03, 128×28672 2.11 → 1.87, 16384×28672 77.8 → 71.4; skip 0 / 50 % unchanged.

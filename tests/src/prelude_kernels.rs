@@ -78,6 +78,17 @@ pub struct PdlParams {
     pub value: f32,
 }
 
+impl PdlParams {
+    /// Checks a downloaded `out` of the consumer: `out[i] = 2·data[i] = 2·(value + i)`, i.e. it
+    /// saw every write of the producer.
+    pub fn check_consumer_out(&self, out: &[f32]) -> anyhow::Result<()> {
+        for (i, g) in out.iter().enumerate() {
+            anyhow::ensure!(*g == 2.0 * (self.value + i as f32), "out[{i}] = {g}: the producer's write was not seen");
+        }
+        Ok(())
+    }
+}
+
 /// Parameters of `test_pdl_id_writer<int>` (mirrors `IdWriterParams<int>` in the .cuh).
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]

@@ -196,10 +196,7 @@ fn pdl_chain() -> anyhow::Result<()> {
             rt.launch(&prod, cfg).run(&p)?;
             rt.launch(&cons, cfg).run(&p)?;
         }
-        let got = download(&rt, &out)?;
-        for (i, g) in got.iter().enumerate() {
-            anyhow::ensure!(*g == 2.0 * (value + i as f32), "round {round}: out[{i}] = {g}, producer's write not seen");
-        }
+        p.check_consumer_out(&download(&rt, &out)?).map_err(|e| e.context(format!("round {round}")))?;
     }
     Ok(())
 }
