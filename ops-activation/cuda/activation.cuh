@@ -15,7 +15,9 @@
 //     u = u > L ? L : (u < -L ? -L : u) — NaN propagates, as torch.clamp does.
 // Row filter (a skipped row is neither read nor written; ids read after the PDL wait, or before it
 // in the tiled kernel with kIdsEarly, where the caller vouches that they are final, and warps
-// with no kept row then exit before the wait, except in block 0):
+// with no kept row then exit before the wait, except in block 0; without kIdsEarly, kPrefetch
+// makes the first wave of blocks (linear index < hint_blocks) peek at the ids before the wait as
+// hints for L2 prefetches only, see row_hinted):
 //   expert: skip iff expert_ids[r / expert_step] == -1;
 //   sorted: skip iff r >= *num_tokens_post_padded or sorted_token_ids[r] >= num_valid_tokens.
 // Layout: x rows of `in_stride` elements (gate at [0, d), up at [d, 2d)); out rows of `out_stride`.
@@ -30,7 +32,8 @@
 //   Dependents are released right after the PDL wait (flag kEarlyTrigger; they wait for this
 //   whole grid before their first read anyway), except on inputs under 512 KiB, where releasing
 //   them once the loads are issued measured faster; unfiltered vector-path launches of inputs up
-//   to 16 MiB prefetch their input into L2 before the wait (flag kPrefetch). Each thread issues
+//   to 16 MiB prefetch their input into L2 before the wait (flag kPrefetch; filtered launches
+//   prefetch only rows that the ids keep or, read before the wait, hint at). Each thread issues
 //   all its loads before the first use.
 // Kernels (the host's choice; the same results): act_and_mul_kernel (every launch),
 //   act_and_mul_wide_kernel for unfiltered vector-path silu / gelu_tanh launches in the default
@@ -81,7 +84,14 @@ struct Params {
   float clamp;                        // > 0: SiLU clamp limit; 0: none
   int flags;                          // the flags above
   int tile;                           // act_and_mul_tiled_kernel: rows per thread row, 1..32
+  int hint_blocks;                    // filtered kPrefetch without kIdsEarly: blocks (linear
+                                      // index) that peek at their ids before the wait
 };
+
+// The block's linear index in dispatch order (x fastest).
+KILN_DEVICE long long block_linear() {
+  return (static_cast<long long>(blockIdx.z) * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x;
+}
 
 // silu and gelu_tanh in the default rounding are g / den(g) with den = 1 + exp(·) (gelu_tanh:
 // -2·√(2/π)·(g + 0.044715 g³) = g·(-c1 - c3·g²) in the exponent). The vector path computes the
@@ -160,13 +170,36 @@ KILN_DEVICE bool row_skipped(const Params& p, long long row) {
   return skip;
 }
 
+// A hint, before the PDL wait, whether the filter keeps `row`: row_skipped's test on ids that the
+// predecessor may still be writing. Only L2 prefetches depend on it (what is computed depends on
+// the ids read after the wait alone); the loads bypass L1 (ld.global.cg), so that no line fetched
+// here can serve the reads after the wait, and every index is in bounds as in row_skipped. Read
+// by the first wave of blocks only (p.hint_blocks): those can be resident while the predecessor
+// runs, and for them the id and row latencies overlap it; a later block would only add a round
+// trip. Measured on the H100 (S10-2, silu bf16, twice each, alternating): skip 0 % 128×8192
+// 2.60 → 2.03 µs, 512×8192 5.81 → 5.02, 2048×8192 18.61 → 18.25; skip 50 % 512×8192 3.96 → 3.12;
+// skip 90 % 512×8192 1.93 → 2.11 (a skipped row's second id load); details in plan.rs.
+KILN_DEVICE bool row_hinted(const Params& p, long long row) {
+  int expert = 0, token = 0, post_padded = 0;
+  if (p.flags & kFilterExpert) expert = __ldcg(p.expert_ids + static_cast<unsigned>(row) / p.expert_step);
+  if (p.flags & kFilterSorted) {
+    token = __ldcg(p.sorted_token_ids + row);
+    post_padded = __ldcg(p.num_tokens_post_padded);
+  }
+  bool skip = false;
+  if (p.flags & kFilterExpert) skip = expert == -1;
+  if (p.flags & kFilterSorted) skip = skip || row >= post_padded || token >= p.num_valid_tokens;
+  return !skip;
+}
+
 // Warms L2 with this block's share of `row` (gate and up) before the PDL wait, while the
 // predecessor may still run: the DRAM latency then overlaps its tail. A prefetch changes no data
 // and L2 is the GPU's point of coherence, so the loads after the wait still see every write of
-// the predecessor. Host-chosen (kPrefetch) for small vector-path launches that are unfiltered, or
-// filtered with kIdsEarly in the tiled kernel (kept rows only, their ids read first): the
-// addresses are 16-byte aligned, no skipped row is touched, and on large launches the extra
-// requests cost more than the early start gains. One thread per row issues two bulk prefetches.
+// the predecessor. Host-chosen (kPrefetch) for small vector-path launches that are unfiltered,
+// filtered with kIdsEarly in the tiled kernel (kept rows only, their ids read first), or
+// filtered otherwise (rows hinted at by row_hinted, first wave only): the addresses are 16-byte
+// aligned, and on large unfiltered launches the extra requests cost more than the early start
+// gains. One thread per row issues two bulk prefetches.
 template <typename T, int N>
 KILN_DEVICE void prefetch_l2(const Params& p, long long row) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -260,7 +293,9 @@ template <typename T, int kAct, bool kRound, bool kPdl, bool kWide>
 KILN_DEVICE void act_body(const kiln_act::Params& p) {
   const long long row = (static_cast<long long>(blockIdx.z) * gridDim.y + blockIdx.y) * blockDim.y + threadIdx.y;
   if constexpr (kPdl) {
-    if ((p.flags & kiln_act::kPrefetch) && row < p.rows && threadIdx.x == 0) {
+    if ((p.flags & kiln_act::kPrefetch) && row < p.rows && threadIdx.x == 0 &&
+        (kWide || !(p.flags & (kiln_act::kFilterExpert | kiln_act::kFilterSorted)) ||
+         (kiln_act::block_linear() < p.hint_blocks && kiln_act::row_hinted(p, row)))) {
       if (p.flags & kiln_act::kHalfVector) {
         kiln_act::prefetch_l2<T, kiln::kVec16<T> / 2>(p, row);
       } else {
@@ -311,7 +346,8 @@ __global__ void __launch_bounds__(kiln_act::kThreads) act_and_mul_wide_kernel(co
 // Filtered vector-path launches whose thread rows are whole warps (tx ≥ 32; the host's choice
 // from the grid size, see plan.rs): thread row y of block b takes the rows b·ty·tile + y + k·ty
 // for k < tile (1 ≤ tile ≤ 32). After the PDL wait (before it with kIdsEarly, which also
-// prefetches the kept rows into L2 for small launches), lane k of each warp reads the filter of
+// prefetches the kept rows into L2 for small launches; without it, kPrefetch prefetches the rows
+// that ids peeked before the wait hint at), lane k of each warp reads the filter of
 // its row k (one load per lane; contiguous ids when ty = 1), a ballot gathers the kept rows, and
 // the warp then works through the kept rows only: a skipped row costs one lane one id load
 // instead of costing a block. Column mapping as in the general kernel with kVecPer = 1.
@@ -351,6 +387,18 @@ __global__ void __launch_bounds__(kiln_act::kThreads, kRound ? 6 : 8) act_and_mu
     if constexpr (kPdl) {
       if ((p.flags & kPrefetch) && threadIdx.x == 0) {
         for (unsigned rest = kept; rest; rest &= rest - 1) {
+          prefetch_l2<T, N>(p, first_row + static_cast<long long>(__ffs(rest) - 1) * blockDim.y);
+        }
+      }
+    }
+  }
+  else if constexpr (kPdl) {
+    // Ids after the wait with kPrefetch: the first warp of each thread row in the first wave
+    // peeks at the ids (hints, see row_hinted) and prefetches the rows they keep into L2.
+    if ((p.flags & kPrefetch) && threadIdx.x < 32 && block_linear() < p.hint_blocks) {
+      const unsigned hinted = __ballot_sync(0xffffffffu, lane < p.tile && mine < p.rows && row_hinted(p, mine));
+      if (threadIdx.x == 0) {
+        for (unsigned rest = hinted; rest; rest &= rest - 1) {
           prefetch_l2<T, N>(p, first_row + static_cast<long long>(__ffs(rest) - 1) * blockDim.y);
         }
       }

@@ -4,7 +4,9 @@
 use kiln_runtime::cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, SyncOnDrop};
 use kiln_runtime::{Error, Result, Runtime};
 
-use crate::plan::{Plan, disjoint, filter_tile, launch_config, tiled_flags, tiled_geometry, vector_path, wide_allowed};
+use crate::plan::{
+    Plan, disjoint, filter_tile, hinted_flags, id_hints, launch_config, tiled_flags, tiled_geometry, vector_path, wide_allowed,
+};
 use crate::{Float, Kernels, Options};
 
 /// Mirror of `kiln_act::Params` in `cuda/activation.cuh` (same order, same sizes).
@@ -25,6 +27,7 @@ struct Params {
     clamp: f32,
     flags: i32,
     tile: i32,
+    hint_blocks: i32,
 }
 
 /// `sizeof(kiln_act::Params)`; the T1 suite checks it against the PTX `.param` declaration.
@@ -76,7 +79,14 @@ pub(crate) fn launch<T: Float>(
         }
         _ => kernels.general,
     };
+    flags = hinted_flags(plan, flags);
     let kernel = rt.kernel(spec)?;
+    let hint_blocks = if id_hints(plan, flags) {
+        let threads = cfg.block.0 * cfg.block.1 * cfg.block.2;
+        rt.sm_count().saturating_mul(kernel.blocks_per_sm(threads, 0)?).min(i32::MAX as u32) as i32
+    } else {
+        i32::MAX
+    };
     let params = Params {
         input: in_addr,
         out: out_addr,
@@ -92,6 +102,7 @@ pub(crate) fn launch<T: Float>(
         clamp: plan.clamp,
         flags,
         tile: tiled.unwrap_or(0) as i32,
+        hint_blocks,
     };
     // SAFETY: `Params` mirrors the kernel's single parameter (size asserted above and against the
     // PTX in T1). `validate` checked that `input` holds (rows-1)·in_row_stride + 2d elements and
@@ -102,12 +113,14 @@ pub(crate) fn launch<T: Float>(
     // belongs to this runtime's context; `disjoint` checked that input and output do not
     // overlap. `launch_config` sets FLAG_VECTOR only where `vector_path` found both bases 16-byte
     // aligned and `d` and both strides multiples of the vector width, and FLAG_PREFETCH only on
-    // that path without a filter (the bulk prefetches stay inside each row's gate and up), and the
+    // that path (the bulk prefetches stay inside each row's gate and up; with a filter, the ids
+    // peeked before the wait by `hinted_flags`' launches only choose which rows are prefetched,
+    // read through L2 with the same in-bounds indices as after the wait), and the
     // wide kernel (which trusts FLAG_VECTOR and reads no ids) runs only with FLAG_VECTOR and no
     // filter flag, and the tiled kernel (which trusts FLAG_VECTOR too, and that a warp lies in one
     // thread row) only where `filter_tile` found FLAG_VECTOR, a filter and blockDim.x ≥ 32, with
-    // `tiled_geometry` covering every row with tile ≤ 32 rows per thread row (its FLAG_PREFETCH,
-    // set with FLAG_IDS_EARLY only, prefetches kept rows, on the vector path). The buffers are
+    // `tiled_geometry` covering every row with tile ≤ 32 rows per thread row (its FLAG_PREFETCH
+    // prefetches kept or hinted rows, on the vector path). The buffers are
     // borrowed for this call and their guards live until the launch is queued on the same stream.
     unsafe { rt.launch(&kernel, cfg).run(&params) }
 }

@@ -12,8 +12,10 @@
 //!   `F.silu(g).to(T) * u`.
 //! - Row filters ([`Options::expert_filter`], [`Options::sorted_filter`]): a skipped row is neither
 //!   read nor written, so its output keeps whatever it held. Ids are read after the PDL wait, or
-//!   before it where the caller vouches that they are final ([`Options::ids_before_wait`]).
-//!   Large filtered launches take several rows per block and find the kept ones with one read of
+//!   before it where the caller vouches that they are final ([`Options::ids_before_wait`]). In
+//!   the default form the first wave of blocks still peeks at the ids before the wait, but only
+//!   to prefetch the rows they seem to keep into L2: what is computed depends on the ids read
+//!   after the wait alone, so a predecessor that writes them is safe. Large filtered launches take several rows per block and find the kept ones with one read of
 //!   their ids per warp, so skipped rows cost almost nothing.
 //! - SiLU clamp ([`Options::clamp_limit`], gpt-oss style): gate clamped above, up to `±limit`.
 //! - Everything is checked before a launch ([`kiln_runtime::Error::InvalidArgument`] naming the

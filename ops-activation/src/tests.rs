@@ -392,3 +392,31 @@ fn ids_before_wait_takes_the_tiled_kernel_with_tile_1() {
     let r = Request { ids_early: true, expert: Some((16, 1)), ..contiguous(16, 4096) };
     assert!(validate(&r).unwrap().unwrap().ids_early);
 }
+
+#[test]
+fn id_hints_for_filtered_vector_launches_with_the_ids_after_the_wait() {
+    let filtered = |rows, d| Plan { filter_flags: FLAG_EXPERT, ..plan(rows, d, 2 * d, d) };
+    let flags_of = |p: &Plan, vector: bool| {
+        let (cfg, flags) = launch_config(p, vector, 2);
+        let flags = match filter_tile(flags, &cfg, p) {
+            Some(_) => tiled_flags(p, flags, 2),
+            None => flags,
+        };
+        hinted_flags(p, flags)
+    };
+    // General kernel (128 rows), tiled kernel (16384 rows), sorted filter, half vectors: hints.
+    for p in [filtered(128, 4096), filtered(16384, 4096), Plan { filter_flags: FLAG_SORTED, ..filtered(128, 4096) }, filtered(1, 4096)] {
+        let f = flags_of(&p, true);
+        assert!(f & FLAG_PREFETCH != 0 && id_hints(&p, f), "{p:?}");
+    }
+    // Scalar path, unfiltered launches (their own prefetch rule) and ids before the wait: none.
+    let p = filtered(128, 4096);
+    assert!(!id_hints(&p, flags_of(&p, false)));
+    assert_eq!(flags_of(&p, false) & FLAG_PREFETCH, 0);
+    let u = plan(128, 4096, 8192, 4096);
+    assert!(!id_hints(&u, flags_of(&u, true)));
+    let e = Plan { ids_early: true, ..p };
+    assert!(flags_of(&e, true) & FLAG_PREFETCH != 0 && !id_hints(&e, flags_of(&e, true)));
+    let e = Plan { ids_early: true, ..filtered(8192, 4096) };
+    assert_eq!(flags_of(&e, true) & FLAG_PREFETCH, 0);
+}

@@ -735,13 +735,15 @@ fn main() {
     t.push(trial("t2::activation::errors", Need::Gpu, errors));
     // Small and cheap: the GPU CI runs exactly these under compute-sanitizer memcheck/racecheck.
     type Check = fn() -> anyhow::Result<()>;
-    let sanitize: [(&str, Check); 9] = [
+    let sanitize: [(&str, Check); 10] = [
         ("vector_bf16", || run_case::<bf16>(Case::new(Activation::Silu, 17, 4096))),
         ("scalar_f16", || run_case::<f16>(Case::new(Activation::Gelu, 9, 3))),
         ("strided_f32", || run_case::<f32>(Case::new(Activation::GeluTanh, 9, 100).strided(203, 107, 3, 5))),
         ("rounding_f16", || run_case::<f16>(Case::new(Activation::Silu, 7, 1001).rounding(Rounding::Activation))),
         ("expert_filter", || expert_filter::<bf16>(Case::new(Activation::Silu, 33, 256).strided(512, 256, 1, 0), 4, None, false)),
         ("tiled_filter", || expert_filter::<bf16>(Case::new(Activation::Silu, 45, 1024), 1, Some(4), true)),
+        // The ids after the wait: the first wave peeks at them as prefetch hints (hinted_flags).
+        ("tiled_filter_hints", || expert_filter::<bf16>(Case::new(Activation::Silu, 45, 1024), 1, Some(4), false)),
         ("sorted_filter", || sorted_filter::<bf16>(6, 16, 72, true, None, false)),
         ("pdl_chain", || pdl_chain::<bf16>(16, 256, 1, false)),
         ("errors", errors),
