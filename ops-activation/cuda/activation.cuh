@@ -84,8 +84,8 @@ struct Params {
   float clamp;                        // > 0: SiLU clamp limit; 0: none
   int flags;                          // the flags above
   int tile;                           // act_and_mul_tiled_kernel: rows per thread row, 1..32
-  int hint_blocks;                    // filtered kPrefetch without kIdsEarly: blocks (linear
-                                      // index) that peek at their ids before the wait
+  int hint_blocks;                    // filtered kPrefetch: the blocks (linear index below it,
+                                      // the first wave) that prefetch kept or hinted rows
 };
 
 // The block's linear index in dispatch order (x fastest).
@@ -197,7 +197,8 @@ KILN_DEVICE bool row_hinted(const Params& p, long long row) {
 // and L2 is the GPU's point of coherence, so the loads after the wait still see every write of
 // the predecessor. Host-chosen (kPrefetch) for small vector-path launches that are unfiltered,
 // filtered with kIdsEarly in the tiled kernel (kept rows only, their ids read first), or
-// filtered otherwise (rows hinted at by row_hinted, first wave only): the addresses are 16-byte
+// filtered otherwise (rows hinted at by row_hinted); filtered launches in the first wave of
+// blocks only (p.hint_blocks, see row_hinted): the addresses are 16-byte
 // aligned, and on large unfiltered launches the extra requests cost more than the early start
 // gains. One thread per row issues two bulk prefetches.
 template <typename T, int N>
@@ -346,8 +347,8 @@ __global__ void __launch_bounds__(kiln_act::kThreads) act_and_mul_wide_kernel(co
 // Filtered vector-path launches whose thread rows are whole warps (tx ≥ 32; the host's choice
 // from the grid size, see plan.rs): thread row y of block b takes the rows b·ty·tile + y + k·ty
 // for k < tile (1 ≤ tile ≤ 32). After the PDL wait (before it with kIdsEarly, which also
-// prefetches the kept rows into L2 for small launches; without it, kPrefetch prefetches the rows
-// that ids peeked before the wait hint at), lane k of each warp reads the filter of
+// prefetches the first wave's kept rows into L2; without it, kPrefetch prefetches the rows that
+// ids peeked before the wait hint at), lane k of each warp reads the filter of
 // its row k (one load per lane; contiguous ids when ty = 1), a ballot gathers the kept rows, and
 // the warp then works through the kept rows only: a skipped row costs one lane one id load
 // instead of costing a block. Column mapping as in the general kernel with kVecPer = 1.
@@ -371,7 +372,8 @@ __global__ void __launch_bounds__(kiln_act::kThreads, kRound ? 6 : 8) act_and_mu
   const int lane = static_cast<int>(threadIdx.x & 31);
   const long long mine = first_row + static_cast<long long>(lane) * blockDim.y;
   // kIdsEarly (the caller vouches that the ids are final before this kernel starts): the ids
-  // before the wait, and with kPrefetch the kept rows into L2 while the predecessor runs.
+  // before the wait, and with kPrefetch the first wave's kept rows into L2 while the
+  // predecessor runs.
   const auto kept_rows = [&] { return __ballot_sync(0xffffffffu, lane < p.tile && mine < p.rows && !row_skipped(p, mine)); };
   unsigned kept = 0;
   if (p.flags & kIdsEarly) {
@@ -385,7 +387,7 @@ __global__ void __launch_bounds__(kiln_act::kThreads, kRound ? 6 : 8) act_and_mu
     // 2.29 → 2.03, 128×28672 2.11 → 1.87, 16384×28672 77.8 → 71.4; skip 0 / 50 % unchanged.
     if (!kept && (blockIdx.x | blockIdx.y | blockIdx.z) != 0) return;
     if constexpr (kPdl) {
-      if ((p.flags & kPrefetch) && threadIdx.x == 0) {
+      if ((p.flags & kPrefetch) && threadIdx.x == 0 && block_linear() < p.hint_blocks) {
         for (unsigned rest = kept; rest; rest &= rest - 1) {
           prefetch_l2<T, N>(p, first_row + static_cast<long long>(__ffs(rest) - 1) * blockDim.y);
         }

@@ -5,7 +5,7 @@ use kiln_runtime::cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, SyncOnDro
 use kiln_runtime::{Error, Result, Runtime};
 
 use crate::plan::{
-    Plan, disjoint, filter_tile, hinted_flags, id_hints, launch_config, tiled_flags, tiled_geometry, vector_path, wide_allowed,
+    Plan, disjoint, filter_tile, first_wave_prefetch, hinted_flags, launch_config, tiled_flags, tiled_geometry, vector_path, wide_allowed,
 };
 use crate::{Float, Kernels, Options};
 
@@ -74,14 +74,14 @@ pub(crate) fn launch<T: Float>(
         (Some(w), _) if wide_allowed(flags) => w,
         (_, Some(tile)) => {
             cfg = tiled_geometry(&cfg, plan.rows, tile);
-            flags = tiled_flags(plan, flags, elem);
+            flags = tiled_flags(plan, flags);
             kernels.tiled
         }
         _ => kernels.general,
     };
     flags = hinted_flags(plan, flags);
     let kernel = rt.kernel(spec)?;
-    let hint_blocks = if id_hints(plan, flags) {
+    let hint_blocks = if first_wave_prefetch(plan, flags) {
         let threads = cfg.block.0 * cfg.block.1 * cfg.block.2;
         rt.sm_count().saturating_mul(kernel.blocks_per_sm(threads, 0)?).min(i32::MAX as u32) as i32
     } else {

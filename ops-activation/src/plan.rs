@@ -234,13 +234,14 @@ pub(crate) fn filter_tile(flags: i32, cfg: &LaunchConfig, plan: &Plan) -> Option
 }
 
 /// Flags the tiled kernel adds to `flags`: with [`Plan::ids_early`], the ids before the PDL wait
-/// and, for inputs up to [`PREFETCH_MAX_BYTES`], the kept rows prefetched into L2 before it.
-pub(crate) fn tiled_flags(plan: &Plan, flags: i32, elem: usize) -> i32 {
-    if !plan.ids_early {
-        return flags;
-    }
-    let bytes = plan.rows * 2 * plan.d * elem as u64;
-    flags | FLAG_IDS_EARLY | if bytes <= PREFETCH_MAX_BYTES { FLAG_PREFETCH } else { 0 }
+/// and the kept rows of the first wave of blocks ([`first_wave_prefetch`]) prefetched into L2
+/// before it. Until session 10 the kept rows of every block were prefetched, for inputs up to
+/// [`PREFETCH_MAX_BYTES`] only; measured on the H100 (S10-5, silu bf16, twice each, alternating,
+/// SGLang in the same call; µs before → after): 2048×8192 skip 50 % 10.53 → 9.76 (SGLang 10.03),
+/// skip 0 18.28 → 18.14; 512×28672 skip 0 16.02 → 15.43, skip 50 % 8.93 → 8.27; 8192×8192 skip 0
+/// 67.58 → 67.12; inputs up to 16 MiB and skip 90 % unchanged (±0.02 µs).
+pub(crate) fn tiled_flags(plan: &Plan, flags: i32) -> i32 {
+    if plan.ids_early { flags | FLAG_IDS_EARLY | FLAG_PREFETCH } else { flags }
 }
 
 /// Filtered vector-path launches with the ids read after the PDL wait (the issue-3 default, in
@@ -256,16 +257,17 @@ pub(crate) fn tiled_flags(plan: &Plan, flags: i32, elem: usize) -> i32 {
 /// 512×8192 3.96 → 3.12, 128×28672 3.73 → 2.91; skip 90 % 512×8192 1.93 → 2.11, 128×28672 1.81 →
 /// 1.91, 512×28672 5.05 → 5.11, 2048×8192 3.97 → 4.04 (the skipped rows' extra id load);
 /// geomeans vs SGLang skip 0 / 50 / 90 %: 0.980 / 1.003 / 1.106 → 1.075 / 1.096 / 1.097.
-/// Launches with [`Plan::ids_early`] keep [`tiled_flags`]' prefetch (the ids themselves).
+/// Launches with [`Plan::ids_early`] take [`tiled_flags`]' prefetch (by the ids themselves).
 pub(crate) fn hinted_flags(plan: &Plan, flags: i32) -> i32 {
     if plan.filter_flags != 0 && !plan.ids_early && flags & FLAG_VECTOR != 0 { flags | FLAG_PREFETCH } else { flags }
 }
 
-/// Whether a launch with these kernel flags reads id hints ([`hinted_flags`]). Its
-/// `Params::hint_blocks` is then the first wave, the blocks by linear index (the dispatch order)
-/// below blocks per SM times SMs; otherwise `i32::MAX` (unused).
-pub(crate) fn id_hints(plan: &Plan, flags: i32) -> bool {
-    flags & FLAG_PREFETCH != 0 && plan.filter_flags != 0 && !plan.ids_early
+/// Whether a filtered launch with these kernel flags prefetches the rows of its first wave only:
+/// the kept rows ([`tiled_flags`], ids before the wait) or those the ids hint at
+/// ([`hinted_flags`]). Its `Params::hint_blocks` is then the first wave, the blocks by linear
+/// index (the dispatch order) below blocks per SM times SMs; otherwise `i32::MAX` (every block).
+pub(crate) fn first_wave_prefetch(plan: &Plan, flags: i32) -> bool {
+    flags & FLAG_PREFETCH != 0 && plan.filter_flags != 0
 }
 
 /// The grid of the tiled kernel: `cfg`'s blocks and column blocks, with each block taking

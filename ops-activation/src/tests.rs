@@ -374,12 +374,14 @@ fn ids_before_wait_takes_the_tiled_kernel_with_tile_1() {
     let early = |rows, d| Plan { filter_flags: FLAG_EXPERT, ids_early: true, ..plan(rows, d, 2 * d, d) };
     let tiled = |p: &Plan| {
         let (cfg, flags) = launch_config(p, true, 2);
-        filter_tile(flags, &cfg, p).map(|t| (t, tiled_flags(p, flags, 2)))
+        filter_tile(flags, &cfg, p).map(|t| (t, tiled_flags(p, flags)))
     };
-    // 128 × 2·4096 bf16 (2 MiB): tile 1, ids early, kept rows prefetched.
-    assert_eq!(tiled(&early(128, 4096)), Some((1, FLAG_EXPERT | FLAG_VECTOR | FLAG_EARLY_TRIGGER | FLAG_IDS_EARLY | FLAG_PREFETCH)));
-    // 8192 × 2·4096 bf16 (128 MiB): the size rule's tile, no prefetch.
-    assert_eq!(tiled(&early(8192, 4096)), Some((TILE, FLAG_EXPERT | FLAG_VECTOR | FLAG_EARLY_TRIGGER | FLAG_IDS_EARLY)));
+    // 128 × 2·4096 bf16 (2 MiB): tile 1, ids early, kept rows (of the first wave) prefetched.
+    let early_flags = FLAG_EXPERT | FLAG_VECTOR | FLAG_EARLY_TRIGGER | FLAG_IDS_EARLY | FLAG_PREFETCH;
+    assert_eq!(tiled(&early(128, 4096)), Some((1, early_flags)));
+    // 8192 × 2·4096 bf16 (128 MiB): the size rule's tile; the first wave's kept rows prefetched.
+    assert_eq!(tiled(&early(8192, 4096)), Some((TILE, early_flags)));
+    assert!(first_wave_prefetch(&early(8192, 4096), early_flags));
     // Without the permission: the general kernel below the size rule, no early flags above it.
     let late = Plan { ids_early: false, ..early(8192, 4096) };
     assert_eq!(tiled(&late), Some((TILE, FLAG_EXPERT | FLAG_VECTOR | FLAG_EARLY_TRIGGER)));
@@ -399,24 +401,23 @@ fn id_hints_for_filtered_vector_launches_with_the_ids_after_the_wait() {
     let flags_of = |p: &Plan, vector: bool| {
         let (cfg, flags) = launch_config(p, vector, 2);
         let flags = match filter_tile(flags, &cfg, p) {
-            Some(_) => tiled_flags(p, flags, 2),
+            Some(_) => tiled_flags(p, flags),
             None => flags,
         };
         hinted_flags(p, flags)
     };
-    // General kernel (128 rows), tiled kernel (16384 rows), sorted filter, half vectors: hints.
+    // General kernel (128 rows), tiled kernel (16384 rows), sorted filter, half vectors: hints,
+    // for the first wave.
     for p in [filtered(128, 4096), filtered(16384, 4096), Plan { filter_flags: FLAG_SORTED, ..filtered(128, 4096) }, filtered(1, 4096)] {
         let f = flags_of(&p, true);
-        assert!(f & FLAG_PREFETCH != 0 && id_hints(&p, f), "{p:?}");
+        assert!(f & FLAG_PREFETCH != 0 && f & FLAG_IDS_EARLY == 0 && first_wave_prefetch(&p, f), "{p:?}");
     }
-    // Scalar path, unfiltered launches (their own prefetch rule) and ids before the wait: none.
+    // Scalar path: no prefetch. Unfiltered launches: their own size rule, every block.
     let p = filtered(128, 4096);
-    assert!(!id_hints(&p, flags_of(&p, false)));
     assert_eq!(flags_of(&p, false) & FLAG_PREFETCH, 0);
     let u = plan(128, 4096, 8192, 4096);
-    assert!(!id_hints(&u, flags_of(&u, true)));
-    let e = Plan { ids_early: true, ..p };
-    assert!(flags_of(&e, true) & FLAG_PREFETCH != 0 && !id_hints(&e, flags_of(&e, true)));
+    assert!(flags_of(&u, true) & FLAG_PREFETCH != 0 && !first_wave_prefetch(&u, flags_of(&u, true)));
+    // Ids before the wait: the tiled kernel's own (kept rows), first wave too.
     let e = Plan { ids_early: true, ..filtered(8192, 4096) };
-    assert_eq!(flags_of(&e, true) & FLAG_PREFETCH, 0);
+    assert!(flags_of(&e, true) & FLAG_IDS_EARLY != 0 && first_wave_prefetch(&e, flags_of(&e, true)));
 }
