@@ -32,9 +32,9 @@
 //   Dependents are released right after the PDL wait (flag kEarlyTrigger; they wait for this
 //   whole grid before their first read anyway), except on inputs under 512 KiB, where releasing
 //   them once the loads are issued measured faster; unfiltered vector-path launches of inputs up
-//   to 16 MiB prefetch their input into L2 before the wait (flag kPrefetch; filtered launches
-//   prefetch only rows that the ids keep or, read before the wait, hint at). Each thread issues
-//   all its loads before the first use.
+//   to 16 MiB prefetch their input into L2 before the wait (flag kPrefetch; filtered vector-path
+//   launches, at every size, prefetch the rows of their first wave of blocks that the ids keep
+//   or, read before the wait, hint at). Each thread issues all its loads before the first use.
 // Kernels (the host's choice; the same results): act_and_mul_kernel (every launch),
 //   act_and_mul_wide_kernel for unfiltered vector-path silu / gelu_tanh launches in the default
 //   rounding on 16-bit types (no filter code, the arithmetic of a unit in two phases), and
@@ -172,19 +172,26 @@ KILN_DEVICE bool row_skipped(const Params& p, long long row) {
 
 // A hint, before the PDL wait, whether the filter keeps `row`: row_skipped's test on ids that the
 // predecessor may still be writing. Only L2 prefetches depend on it (what is computed depends on
-// the ids read after the wait alone); the loads bypass L1 (ld.global.cg), so that no line fetched
-// here can serve the reads after the wait, and every index is in bounds as in row_skipped. Read
-// by the first wave of blocks only (p.hint_blocks): those can be resident while the predecessor
-// runs, and for them the id and row latencies overlap it; a later block would only add a round
-// trip. Measured on the H100 (S10-2, silu bf16, twice each, alternating): skip 0 % 128×8192
-// 2.60 → 2.03 µs, 512×8192 5.81 → 5.02, 2048×8192 18.61 → 18.25; skip 50 % 512×8192 3.96 → 3.12;
-// skip 90 % 512×8192 1.93 → 2.11 (a skipped row's second id load); details in plan.rs.
+// the ids read after the wait alone). The loads are relaxed GPU-scope loads: morally strong, so
+// racing with the predecessor's writes is defined, and past L1, so that no line fetched here can
+// serve the reads after the wait; every index is in bounds as in row_skipped. Read by the first
+// wave of blocks only (p.hint_blocks): those can be resident while the predecessor runs, and for
+// them the id and row latencies overlap it; a later block would only add a round trip. Measured
+// on the H100 (S10-2, silu bf16, twice each, alternating): skip 0 % 128×8192 2.60 → 2.04 µs,
+// 512×8192 5.81 → 5.02, 2048×8192 18.61 → 18.25; skip 50 % 512×8192 3.96 → 3.13; skip 90 %
+// 512×8192 1.93 → 2.12 (a skipped row's second id load); details in plan.rs.
+KILN_DEVICE int load_relaxed(const int* ptr) {
+  int v;
+  asm volatile("ld.relaxed.gpu.global.b32 %0, [%1];" : "=r"(v) : "l"(ptr));
+  return v;
+}
+
 KILN_DEVICE bool row_hinted(const Params& p, long long row) {
   int expert = 0, token = 0, post_padded = 0;
-  if (p.flags & kFilterExpert) expert = __ldcg(p.expert_ids + static_cast<unsigned>(row) / p.expert_step);
+  if (p.flags & kFilterExpert) expert = load_relaxed(p.expert_ids + static_cast<unsigned>(row) / p.expert_step);
   if (p.flags & kFilterSorted) {
-    token = __ldcg(p.sorted_token_ids + row);
-    post_padded = __ldcg(p.num_tokens_post_padded);
+    token = load_relaxed(p.sorted_token_ids + row);
+    post_padded = load_relaxed(p.num_tokens_post_padded);
   }
   bool skip = false;
   if (p.flags & kFilterExpert) skip = expert == -1;

@@ -112,15 +112,16 @@ pub(crate) fn launch<T: Float>(
     // sorted_token_ids.len() ≥ rows; num_tokens_post_padded non-empty), and that every buffer
     // belongs to this runtime's context; `disjoint` checked that input and output do not
     // overlap. `launch_config` sets FLAG_VECTOR only where `vector_path` found both bases 16-byte
-    // aligned and `d` and both strides multiples of the vector width, and FLAG_PREFETCH only on
-    // that path (the bulk prefetches stay inside each row's gate and up; with a filter, the ids
-    // peeked before the wait by `hinted_flags`' launches only choose which rows are prefetched,
-    // read through L2 with the same in-bounds indices as after the wait), and the
-    // wide kernel (which trusts FLAG_VECTOR and reads no ids) runs only with FLAG_VECTOR and no
-    // filter flag, and the tiled kernel (which trusts FLAG_VECTOR too, and that a warp lies in one
-    // thread row) only where `filter_tile` found FLAG_VECTOR, a filter and blockDim.x ≥ 32, with
-    // `tiled_geometry` covering every row with tile ≤ 32 rows per thread row (its FLAG_PREFETCH
-    // prefetches kept or hinted rows, on the vector path). The buffers are
+    // aligned and `d` and both strides multiples of the vector width; FLAG_PREFETCH is set only
+    // on that path: by `launch_config` (unfiltered), `hinted_flags` (filtered, FLAG_VECTOR
+    // checked) and `tiled_flags` (the tiled kernel, which `filter_tile` allows on the vector path
+    // only). The bulk prefetches stay inside each row's gate and up; with a filter, ids read before
+    // the wait only choose which rows are prefetched (or, with FLAG_IDS_EARLY, computed: the
+    // caller's promise), with the same in-bounds indices as after the wait. The wide kernel
+    // (which trusts FLAG_VECTOR and reads no ids) runs only with FLAG_VECTOR and no filter flag,
+    // and the tiled kernel (which trusts FLAG_VECTOR too, and that a warp lies in one thread row)
+    // only where `filter_tile` found FLAG_VECTOR, a filter and blockDim.x ≥ 32, with
+    // `tiled_geometry` covering every row with tile ≤ 32 rows per thread row. The buffers are
     // borrowed for this call and their guards live until the launch is queued on the same stream.
     unsafe { rt.launch(&kernel, cfg).run(&params) }
 }

@@ -15,8 +15,9 @@
 //!   before it where the caller vouches that they are final ([`Options::ids_before_wait`]). In
 //!   the default form the first wave of blocks still peeks at the ids before the wait, but only
 //!   to prefetch the rows they seem to keep into L2: what is computed depends on the ids read
-//!   after the wait alone, so a predecessor that writes them is safe. Large filtered launches take several rows per block and find the kept ones with one read of
-//!   their ids per warp, so skipped rows cost almost nothing.
+//!   after the wait alone, so a predecessor that writes them is safe. Large filtered launches
+//!   take several rows per block and find the kept ones with one read of their ids per warp, so
+//!   skipped rows cost almost nothing.
 //! - SiLU clamp ([`Options::clamp_limit`], gpt-oss style): gate clamped above, up to `±limit`.
 //! - Everything is checked before a launch ([`kiln_runtime::Error::InvalidArgument`] naming the
 //!   values); `rows == 0` or `d == 0` launches nothing. Work is stream-ordered on
@@ -270,8 +271,7 @@ impl<'a> Options<'a> {
     /// Lets a filtered call read `expert_ids`, `sorted_token_ids` and `num_tokens_post_padded`
     /// before its PDL wait, i.e. while the kernel before it on the stream may still run (as
     /// SGLang always does), and prefetch the kept rows of the first wave of blocks into L2
-    /// meanwhile.
-    /// Warps whose rows are all skipped then leave before the wait (except in the grid's first
+    /// meanwhile. Warps whose rows are all skipped then leave before the wait (except in the grid's first
     /// block, which always waits: the grid never completes, nor releases its own dependents,
     /// before the kernel before it has completed).
     ///
@@ -284,7 +284,8 @@ impl<'a> Options<'a> {
     /// up-projection GEMM. A broken promise can only compute or skip rows wrongly (no access out
     /// of bounds: every index is still checked). Without PDL, or on launches that cannot
     /// take the tiled kernel (scalar path, rows of at most 16 vectors, inputs under 64 KiB), the ids
-    /// are read after the wait as usual. No effect without a filter.
+    /// are read after the wait as usual (with the default form's prefetch hints on the vector
+    /// path). No effect without a filter.
     pub fn ids_before_wait(mut self) -> Self {
         self.ids_before_wait = true;
         self

@@ -26,8 +26,9 @@ pub(crate) const SMALL_THREADS: u64 = 128;
 /// Inputs below this size take 8-byte units on the vector path: twice the threads, half the
 /// serial arithmetic after the loads (the critical path of the tiniest launches).
 pub(crate) const HALF_VECTOR_BYTES: u64 = 64 << 10;
-/// Inputs up to this size are prefetched into L2 before the PDL wait (measured on H100: a gain
-/// for latency-bound launches, a loss of ~2 % for bandwidth-bound ones).
+/// Unfiltered inputs up to this size are prefetched into L2 before the PDL wait (measured on H100:
+/// a gain for latency-bound launches, a loss of ~2 % for bandwidth-bound ones). Filtered launches
+/// prefetch kept or hinted rows of their first wave at every size ([`first_wave_prefetch`]).
 pub(crate) const PREFETCH_MAX_BYTES: u64 = 16 << 20;
 
 /// The lengths and settings of one call, as validation sees them.
@@ -246,20 +247,23 @@ pub(crate) fn tiled_flags(plan: &Plan, flags: i32) -> i32 {
 
 /// Filtered vector-path launches with the ids read after the PDL wait (the issue-3 default, in
 /// the general and the tiled kernel) take [`FLAG_PREFETCH`] as *id hints*: a thread of each thread
-/// row in the blocks of the first wave ([`hint_blocks`]) reads its rows' ids before the wait
-/// (`ld.global.cg`, past L1) and prefetches the rows they keep into L2; after the wait the kernel
+/// row in the blocks of the first wave ([`first_wave_prefetch`]) reads its rows' ids before the
+/// wait (`ld.relaxed.gpu`, past L1) and prefetches the rows they keep into L2; after the wait the kernel
 /// reads the ids again and decides by those alone, so a predecessor that rewrites the ids only
 /// changes what was prefetched. The first wave is the part of the grid that can be resident while
 /// the predecessor runs; later blocks would only add a round trip. Measured on the H100 (S10-2,
 /// silu bf16, twice each, alternating, SGLang's filtered kernel in the same call; µs without →
-/// with): skip 0 % 32×8192 1.81 → 1.47, 128×8192 2.60 → 2.03, 512×8192 5.81 → 5.02, 512×28672
-/// 16.35 → 15.01, 2048×8192 18.61 → 18.25, 8192×8192 67.8 → 67.3; skip 50 % 128×8192 2.14 → 1.73,
-/// 512×8192 3.96 → 3.12, 128×28672 3.73 → 2.91; skip 90 % 512×8192 1.93 → 2.11, 128×28672 1.81 →
-/// 1.91, 512×28672 5.05 → 5.11, 2048×8192 3.97 → 4.04 (the skipped rows' extra id load);
+/// with, in both kernels): skip 0 % 32×8192 1.81 → 1.48, 128×8192 2.60 → 2.04, 512×8192 5.81 → 5.02, 512×28672
+/// 16.35 → 15.01, 2048×8192 18.61 → 18.25, 8192×8192 67.8 → 67.3; skip 50 % 128×8192 2.14 → 1.74,
+/// 512×8192 3.96 → 3.13, 128×28672 3.73 → 2.91; skip 90 % 512×8192 1.93 → 2.12, 128×28672 1.81 →
+/// 1.91, 512×28672 5.06 → 5.11, 2048×8192 3.97 → 4.04 (the skipped rows' extra id load);
 /// geomeans vs SGLang skip 0 / 50 / 90 %: 0.980 / 1.003 / 1.106 → 1.075 / 1.096 / 1.097.
-/// Launches with [`Plan::ids_early`] take [`tiled_flags`]' prefetch (by the ids themselves).
+/// Launches whose tiled kernel reads the ids before the wait ([`tiled_flags`]) prefetch by the ids
+/// themselves; `ids_before_wait` launches that cannot take the tiled kernel (half vectors, thread
+/// rows narrower than a warp) read them after the wait, so they take the hints too.
 pub(crate) fn hinted_flags(plan: &Plan, flags: i32) -> i32 {
-    if plan.filter_flags != 0 && !plan.ids_early && flags & FLAG_VECTOR != 0 { flags | FLAG_PREFETCH } else { flags }
+    let filtered_vector = plan.filter_flags != 0 && flags & FLAG_VECTOR != 0;
+    if filtered_vector && flags & FLAG_IDS_EARLY == 0 { flags | FLAG_PREFETCH } else { flags }
 }
 
 /// Whether a filtered launch with these kernel flags prefetches the rows of its first wave only:

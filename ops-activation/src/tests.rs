@@ -420,4 +420,9 @@ fn id_hints_for_filtered_vector_launches_with_the_ids_after_the_wait() {
     // Ids before the wait: the tiled kernel's own (kept rows), first wave too.
     let e = Plan { ids_early: true, ..filtered(8192, 4096) };
     assert!(flags_of(&e, true) & FLAG_IDS_EARLY != 0 && first_wave_prefetch(&e, flags_of(&e, true)));
+    // ids_before_wait where the tiled kernel cannot run (16 KiB: half vectors): ids after the
+    // wait, so the hints.
+    let e = Plan { ids_early: true, ..filtered(1, 4096) };
+    let f = flags_of(&e, true);
+    assert!(f & FLAG_IDS_EARLY == 0 && f & FLAG_PREFETCH != 0 && first_wave_prefetch(&e, f));
 }

@@ -500,8 +500,9 @@ fn without_pdl<T: Elem>() -> anyhow::Result<()> {
 /// consumer skips about half its rows by ids uploaded beforehand — kept rows exact, skipped rows
 /// keep their poison. Its first wave prefetches rows of y into L2 while the producer may still
 /// write them: the kept rows when it reads the ids before its wait (`early`,
-/// [`Options::ids_before_wait`]), else the rows the ids peeked before the wait hint at.
-fn pdl_chain<T: Elem>(rows: usize, d: usize, rounds: usize, filtered: bool, early: bool) -> anyhow::Result<()> {
+/// [`Options::ids_before_wait`]), else the rows the ids peeked before the wait hint at. `tile`
+/// forces the tiled kernel ([`Options::filter_tile`]).
+fn pdl_chain<T: Elem>(rows: usize, d: usize, rounds: usize, filtered: bool, early: bool, tile: Option<usize>) -> anyhow::Result<()> {
     let rt = rt()?;
     anyhow::ensure!(rt.pdl_enabled(), "PDL must be enabled on cc >= 9.0 (KILN_PDL unset)");
     let s = seed();
@@ -520,6 +521,7 @@ fn pdl_chain<T: Elem>(rows: usize, d: usize, rounds: usize, filtered: bool, earl
         act::act_and_mul(&rt, Activation::Silu, &x.slice(..first.in_view_len()), &mut y, Shape::contiguous(rows, 2 * d))?;
         let opts = if filtered { Options::new().expert_filter(&dev_ids, 1) } else { Options::new() };
         let opts = if early { opts.ids_before_wait() } else { opts };
+        let opts = if let Some(t) = tile { opts.filter_tile(t) } else { opts };
         act::act_and_mul_with(&rt, Activation::GeluTanh, &y, &mut z, Shape::contiguous(rows, d), &opts)?;
         let (host_y, host_z) = (download(&rt, &y)?, download(&rt, &z)?);
         verify(&first, &host_x, &padded(host_y.clone()), &|_| true, s).map_err(|e| e.context(format!("round {round}: producer")))?;
@@ -721,11 +723,11 @@ fn main() {
     t.extend(dtype_trials("filter::ids_before_wait", |dt| by_dtype!(dt, expert_filter, silu(83, 1024), 1, None, true)));
     t.extend(dtype_trials("filter::ids_before_wait_large", |dt| by_dtype!(dt, expert_filter, silu(4099, 2048), 3, None, true)));
     t.extend(dtype_trials("filter::sorted_ids_before_wait", |dt| by_dtype!(dt, sorted_filter, 24, 16, 512, true, None, true)));
-    t.extend(dtype_trials("filter::pdl_chain_ids_before_wait", |dt| by_dtype!(dt, pdl_chain, 512, 1024, 3, true, true)));
+    t.extend(dtype_trials("filter::pdl_chain_ids_before_wait", |dt| by_dtype!(dt, pdl_chain, 512, 1024, 3, true, true, None)));
     // The ids after the wait: the consumer's first wave prefetches the rows its ids hint at while
     // the producer may still write them (general kernel, then the tiled one).
-    t.extend(dtype_trials("filter::pdl_chain", |dt| by_dtype!(dt, pdl_chain, 512, 1024, 3, true, false)));
-    t.extend(dtype_trials("filter::pdl_chain_tiled", |dt| by_dtype!(dt, pdl_chain, 4096, 2048, 2, true, false)));
+    t.extend(dtype_trials("filter::pdl_chain", |dt| by_dtype!(dt, pdl_chain, 512, 1024, 3, true, false, None)));
+    t.extend(dtype_trials("filter::pdl_chain_tiled", |dt| by_dtype!(dt, pdl_chain, 4096, 2048, 2, true, false, Some(2))));
     // Ids written by the predecessor (general kernel; tiled kernel, tile 2, by size).
     t.extend(dtype_trials("filter::ids_from_predecessor", |dt| by_dtype!(dt, ids_from_predecessor, 300, 1024, 1)));
     t.extend(dtype_trials("filter::ids_from_predecessor_large", |dt| by_dtype!(dt, ids_from_predecessor, 4099, 4096, 2)));
@@ -737,11 +739,11 @@ fn main() {
     t.extend(dtype_trials("filter::sorted_only", |dt| by_dtype!(dt, sorted_filter, 10, 64, 100, false, None, false)));
     t.extend(dtype_trials("packed_and_allocating", |dt| by_dtype!(dt, packed_and_allocating)));
     t.extend(dtype_trials("without_pdl", |dt| by_dtype!(dt, without_pdl)));
-    t.extend(dtype_trials("pdl_chain", |dt| by_dtype!(dt, pdl_chain, 4096, 2048, 3, false, false)));
+    t.extend(dtype_trials("pdl_chain", |dt| by_dtype!(dt, pdl_chain, 4096, 2048, 3, false, false, None)));
     t.push(trial("t2::activation::errors", Need::Gpu, errors));
     // Small and cheap: the GPU CI runs exactly these under compute-sanitizer memcheck/racecheck.
     type Check = fn() -> anyhow::Result<()>;
-    let sanitize: [(&str, Check); 10] = [
+    let sanitize: [(&str, Check); 12] = [
         ("vector_bf16", || run_case::<bf16>(Case::new(Activation::Silu, 17, 4096))),
         ("scalar_f16", || run_case::<f16>(Case::new(Activation::Gelu, 9, 3))),
         ("strided_f32", || run_case::<f32>(Case::new(Activation::GeluTanh, 9, 100).strided(203, 107, 3, 5))),
@@ -750,8 +752,12 @@ fn main() {
         ("tiled_filter", || expert_filter::<bf16>(Case::new(Activation::Silu, 45, 1024), 1, Some(4), true)),
         // The ids after the wait: the first wave peeks at them as prefetch hints (hinted_flags).
         ("tiled_filter_hints", || expert_filter::<bf16>(Case::new(Activation::Silu, 45, 1024), 1, Some(4), false)),
+        // Thread rows of one warp (eight per block): each thread row's first warp peeks.
+        ("tiled_filter_hints_narrow", || expert_filter::<bf16>(Case::new(Activation::Silu, 70, 256), 1, Some(4), false)),
         ("sorted_filter", || sorted_filter::<bf16>(6, 16, 72, true, None, false)),
-        ("pdl_chain", || pdl_chain::<bf16>(16, 256, 1, false, false)),
+        ("pdl_chain", || pdl_chain::<bf16>(16, 256, 1, false, false, None)),
+        // Filtered, ids after the wait: the general kernel's hinted prefetch of the producer's rows.
+        ("pdl_chain_filtered", || pdl_chain::<bf16>(64, 256, 1, true, false, None)),
         ("errors", errors),
     ];
     t.extend(sanitize.map(|(name, f)| trial(format!("t2::activation::sanitize::{name}"), Need::Gpu, f)));
