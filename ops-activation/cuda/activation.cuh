@@ -202,12 +202,11 @@ KILN_DEVICE bool row_hinted(const Params& p, long long row) {
 // Warms L2 with this block's share of `row` (gate and up) before the PDL wait, while the
 // predecessor may still run: the DRAM latency then overlaps its tail. A prefetch changes no data
 // and L2 is the GPU's point of coherence, so the loads after the wait still see every write of
-// the predecessor. Host-chosen (kPrefetch) for small vector-path launches that are unfiltered,
-// filtered with kIdsEarly in the tiled kernel (kept rows only, their ids read first), or
-// filtered otherwise (rows hinted at by row_hinted); filtered launches in the first wave of
-// blocks only (p.hint_blocks, see row_hinted): the addresses are 16-byte
-// aligned, and on large unfiltered launches the extra requests cost more than the early start
-// gains. One thread per row issues two bulk prefetches.
+// the predecessor. Host-chosen (kPrefetch) on the vector path (16-byte aligned addresses) for
+// small unfiltered launches (on large ones the extra requests cost more than the early start
+// gains) and for filtered ones, in their first wave of blocks only (p.hint_blocks, see
+// row_hinted): the kept rows with kIdsEarly (tiled kernel, ids read first), else the rows that
+// row_hinted hints at. One thread per row issues two bulk prefetches.
 template <typename T, int N>
 KILN_DEVICE void prefetch_l2(const Params& p, long long row) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -400,8 +399,7 @@ __global__ void __launch_bounds__(kiln_act::kThreads, kRound ? 6 : 8) act_and_mu
         }
       }
     }
-  }
-  else if constexpr (kPdl) {
+  } else if constexpr (kPdl) {
     // Ids after the wait with kPrefetch: the first warp of each thread row in the first wave
     // peeks at the ids (hints, see row_hinted) and prefetches the rows they keep into L2.
     if ((p.flags & kPrefetch) && threadIdx.x < 32 && block_linear() < p.hint_blocks) {
