@@ -155,14 +155,29 @@ KILN_DEVICE T gated(T gate, T up, float clamp) {
   }
 }
 
+// An id: a plain load (after the PDL wait, or before it with kIdsEarly), or with kHint a relaxed
+// GPU-scope load before the wait (see row_hinted).
+template <bool kHint>
+KILN_DEVICE int load_id(const int* ptr) {
+  if constexpr (kHint) {
+    int v;
+    asm volatile("ld.relaxed.gpu.global.b32 %0, [%1];" : "=r"(v) : "l"(ptr));
+    return v;
+  } else {
+    return *ptr;
+  }
+}
+
 // Whether the row filter drops `row` (its ids are read here: after the PDL wait, or before it with
-// kIdsEarly). All reads are issued before any is used; every index is in bounds (host-checked).
+// kIdsEarly; kHint: see row_hinted). All reads are issued before any is used; every index is in
+// bounds (host-checked).
+template <bool kHint = false>
 KILN_DEVICE bool row_skipped(const Params& p, long long row) {
   int expert = 0, token = 0, post_padded = 0;
-  if (p.flags & kFilterExpert) expert = p.expert_ids[static_cast<unsigned>(row) / p.expert_step];
+  if (p.flags & kFilterExpert) expert = load_id<kHint>(p.expert_ids + static_cast<unsigned>(row) / p.expert_step);
   if (p.flags & kFilterSorted) {
-    token = p.sorted_token_ids[row];
-    post_padded = *p.num_tokens_post_padded;
+    token = load_id<kHint>(p.sorted_token_ids + row);
+    post_padded = load_id<kHint>(p.num_tokens_post_padded);
   }
   bool skip = false;
   if (p.flags & kFilterExpert) skip = expert == -1;
@@ -180,23 +195,8 @@ KILN_DEVICE bool row_skipped(const Params& p, long long row) {
 // on the H100 (S10-2, silu bf16, twice each, alternating): skip 0 % 128×8192 2.60 → 2.04 µs,
 // 512×8192 5.81 → 5.02, 2048×8192 18.61 → 18.25; skip 50 % 512×8192 3.96 → 3.13; skip 90 %
 // 512×8192 1.93 → 2.12 (a skipped row's second id load); details in plan.rs.
-KILN_DEVICE int load_relaxed(const int* ptr) {
-  int v;
-  asm volatile("ld.relaxed.gpu.global.b32 %0, [%1];" : "=r"(v) : "l"(ptr));
-  return v;
-}
-
 KILN_DEVICE bool row_hinted(const Params& p, long long row) {
-  int expert = 0, token = 0, post_padded = 0;
-  if (p.flags & kFilterExpert) expert = load_relaxed(p.expert_ids + static_cast<unsigned>(row) / p.expert_step);
-  if (p.flags & kFilterSorted) {
-    token = load_relaxed(p.sorted_token_ids + row);
-    post_padded = load_relaxed(p.num_tokens_post_padded);
-  }
-  bool skip = false;
-  if (p.flags & kFilterExpert) skip = expert == -1;
-  if (p.flags & kFilterSorted) skip = skip || row >= post_padded || token >= p.num_valid_tokens;
-  return !skip;
+  return !row_skipped<true>(p, row);
 }
 
 // Warms L2 with this block's share of `row` (gate and up) before the PDL wait, while the
@@ -387,25 +387,23 @@ __global__ void __launch_bounds__(kiln_act::kThreads, kRound ? 6 : 8) act_and_mu
     // A warp with no kept row leaves before the wait (a block whose warps all leave frees its
     // slot at once, as SGLang's skipped blocks do), except in block 0: that block always waits,
     // so this grid can neither complete nor release its dependents before its predecessor has
-    // completed, and the chain of PDL waits stays transitive. (On the H100 a grid whose blocks all left early still did
-    // not complete ahead of its predecessor (S9-2); PTX does not promise that, block 0 does.)
+    // completed, and the chain of PDL waits stays transitive. (On the H100 a grid whose blocks
+    // all left early still did not complete ahead of its predecessor (S9-2); PTX does not promise
+    // that, block 0 does.)
     // Measured on the H100 (S9-2, silu bf16, skip 90 %): 512×28672 5.46 → 4.53 µs, 512×8192
     // 2.29 → 2.03, 128×28672 2.11 → 1.87, 16384×28672 77.8 → 71.4; skip 0 / 50 % unchanged.
     if (!kept && (blockIdx.x | blockIdx.y | blockIdx.z) != 0) return;
-    if constexpr (kPdl) {
-      if ((p.flags & kPrefetch) && threadIdx.x == 0 && block_linear() < p.hint_blocks) {
-        for (unsigned rest = kept; rest; rest &= rest - 1) {
-          prefetch_l2<T, N>(p, first_row + static_cast<long long>(__ffs(rest) - 1) * blockDim.y);
-        }
-      }
-    }
-  } else if constexpr (kPdl) {
-    // Ids after the wait with kPrefetch: the first warp of each thread row in the first wave
-    // peeks at the ids (hints, see row_hinted) and prefetches the rows they keep into L2.
+  }
+  if constexpr (kPdl) {
+    // kPrefetch: the first wave warms L2 with its rows while the predecessor runs — the kept
+    // ones with kIdsEarly, else those that ids peeked at now hint at (row_hinted). The first warp
+    // of each thread row decides, its thread 0 issues the prefetches.
     if ((p.flags & kPrefetch) && threadIdx.x < 32 && block_linear() < p.hint_blocks) {
-      const unsigned hinted = __ballot_sync(0xffffffffu, lane < p.tile && mine < p.rows && row_hinted(p, mine));
+      const unsigned rows = (p.flags & kIdsEarly)
+                                ? kept
+                                : __ballot_sync(0xffffffffu, lane < p.tile && mine < p.rows && row_hinted(p, mine));
       if (threadIdx.x == 0) {
-        for (unsigned rest = hinted; rest; rest &= rest - 1) {
+        for (unsigned rest = rows; rest; rest &= rest - 1) {
           prefetch_l2<T, N>(p, first_row + static_cast<long long>(__ffs(rest) - 1) * blockDim.y);
         }
       }

@@ -271,9 +271,9 @@ impl<'a> Options<'a> {
     /// Lets a filtered call read `expert_ids`, `sorted_token_ids` and `num_tokens_post_padded`
     /// before its PDL wait, i.e. while the kernel before it on the stream may still run (as
     /// SGLang always does), and prefetch the kept rows of the first wave of blocks into L2
-    /// meanwhile. Warps whose rows are all skipped then leave before the wait (except in the grid's first
-    /// block, which always waits: the grid never completes, nor releases its own dependents,
-    /// before the kernel before it has completed).
+    /// meanwhile. Warps whose rows are all skipped then leave before the wait (except in the
+    /// grid's first block, which always waits: the grid never completes, nor releases its own
+    /// dependents, before the kernel before it has completed).
     ///
     /// Only correct when the writes of those ids are complete by the time this kernel may start:
     /// under PDL that is as soon as the preceding kernel on the stream releases its dependents.

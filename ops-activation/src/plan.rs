@@ -246,21 +246,22 @@ pub(crate) fn tiled_flags(plan: &Plan, flags: i32) -> i32 {
 }
 
 /// Filtered vector-path launches with the ids read after the PDL wait (the issue-3 default, in
-/// the general and the tiled kernel) take [`FLAG_PREFETCH`] as *id hints*: a thread of each thread
-/// row in the blocks of the first wave ([`first_wave_prefetch`]) reads its rows' ids before the
-/// wait (`ld.relaxed.gpu`, past L1) and prefetches the rows they keep into L2; after the wait the kernel
-/// reads the ids again and decides by those alone, so a predecessor that rewrites the ids only
-/// changes what was prefetched. The first wave is the part of the grid that can be resident while
-/// the predecessor runs; later blocks would only add a round trip. Measured on the H100 (S10-2,
-/// silu bf16, twice each, alternating, SGLang's filtered kernel in the same call; µs without →
-/// with, in both kernels): skip 0 % 32×8192 1.81 → 1.48, 128×8192 2.60 → 2.04, 512×8192 5.81 → 5.02, 512×28672
-/// 16.35 → 15.01, 2048×8192 18.61 → 18.25, 8192×8192 67.8 → 67.3; skip 50 % 128×8192 2.14 → 1.74,
-/// 512×8192 3.96 → 3.13, 128×28672 3.73 → 2.91; skip 90 % 512×8192 1.93 → 2.12, 128×28672 1.81 →
-/// 1.91, 512×28672 5.06 → 5.11, 2048×8192 3.97 → 4.04 (the skipped rows' extra id load);
-/// geomeans vs SGLang skip 0 / 50 / 90 %: 0.980 / 1.003 / 1.106 → 1.075 / 1.096 / 1.097.
-/// Launches whose tiled kernel reads the ids before the wait ([`tiled_flags`]) prefetch by the ids
-/// themselves; `ids_before_wait` launches that cannot take the tiled kernel (half vectors, thread
-/// rows narrower than a warp) read them after the wait, so they take the hints too.
+/// the general and the tiled kernel) take [`FLAG_PREFETCH`] as *id hints*: a thread of each
+/// thread row in the blocks of the first wave ([`first_wave_prefetch`]) reads its rows' ids
+/// before the wait (`ld.relaxed.gpu`, past L1) and prefetches the rows they keep into L2; after
+/// the wait the kernel reads the ids again and decides by those alone, so a predecessor that
+/// rewrites the ids only changes what was prefetched. The first wave is the part of the grid that
+/// can be resident while the predecessor runs; later blocks would only add a round trip. Measured
+/// on the H100 (S10-2, silu bf16, twice each, alternating, SGLang's filtered kernel in the same
+/// call; µs without → with, in both kernels): skip 0 % 32×8192 1.81 → 1.48, 128×8192 2.60 →
+/// 2.04, 512×8192 5.81 → 5.02, 512×28672 16.35 → 15.01, 2048×8192 18.61 → 18.25, 8192×8192 67.8
+/// → 67.3; skip 50 % 128×8192 2.14 → 1.74, 512×8192 3.96 → 3.13, 128×28672 3.73 → 2.91; skip 90 %
+/// 512×8192 1.93 → 2.12, 128×28672 1.81 → 1.91, 512×28672 5.06 → 5.11, 2048×8192 3.97 → 4.04
+/// (the skipped rows' extra id load); geomeans vs SGLang skip 0 / 50 / 90 %: 0.980 / 1.003 /
+/// 1.106 → 1.075 / 1.096 / 1.097. Launches whose tiled kernel reads the ids before the wait
+/// ([`tiled_flags`]) prefetch by the ids themselves; `ids_before_wait` launches that cannot take
+/// the tiled kernel (half vectors, thread rows narrower than a warp) read them after the wait, so
+/// they take the hints too.
 pub(crate) fn hinted_flags(plan: &Plan, flags: i32) -> i32 {
     let filtered_vector = plan.filter_flags != 0 && flags & FLAG_VECTOR != 0;
     if filtered_vector && flags & FLAG_IDS_EARLY == 0 { flags | FLAG_PREFETCH } else { flags }

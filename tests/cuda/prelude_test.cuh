@@ -102,13 +102,18 @@ struct PdlParams {
   float value;        // producer writes data[i] = value + i
 };
 
+// Releases the dependents at once, then spins `cycles` clock cycles: a slow PDL predecessor.
+KILN_DEVICE void release_then_spin(long long cycles) {
+  kiln::pdl_launch_dependents<true>();
+  const long long start = clock64();
+  while (clock64() - start < cycles) {
+  }
+}
+
 // kiln/pdl.cuh: a slow producer that lets its dependents launch early...
 template <typename F>
 __global__ void test_pdl_producer(PdlParams p) {
-  kiln::pdl_launch_dependents<true>();
-  const long long start = clock64();
-  while (clock64() - start < p.spin) {
-  }
+  release_then_spin(p.spin);
   const long long i = kiln::global_thread_id();
   if (i < p.n) p.data[i] = p.value + static_cast<float>(i);
 }
@@ -134,10 +139,7 @@ struct IdWriterParams {
 // A template, so that only the name expression instantiates it.
 template <typename I>
 __global__ void test_pdl_id_writer(IdWriterParams<I> p) {
-  kiln::pdl_launch_dependents<true>();
-  const long long start = clock64();
-  while (clock64() - start < p.spin) {
-  }
+  release_then_spin(p.spin);
   const long long i = kiln::global_thread_id();
   if (i < p.n) p.dst[i] = p.src[i];
 }
