@@ -84,8 +84,9 @@ struct Params {
   float clamp;                        // > 0: SiLU clamp limit; 0: none
   int flags;                          // the flags above
   int tile;                           // act_and_mul_tiled_kernel: rows per thread row, 1..32
-  int hint_blocks;                    // filtered kPrefetch: the blocks (linear index below it,
-                                      // the first wave) that prefetch kept or hinted rows
+  int hint_blocks;                    // filtered kPrefetch: the blocks (linear index below it:
+                                      // the first wave, in the tiled kernel its first 1 / tile)
+                                      // that prefetch kept or hinted rows
 };
 
 // The block's linear index in dispatch order (x fastest).
@@ -397,7 +398,9 @@ __global__ void __launch_bounds__(kiln_act::kThreads, kRound ? 6 : 8) act_and_mu
   if constexpr (kPdl) {
     // kPrefetch: the first wave warms L2 with its rows while the predecessor runs — the kept
     // ones with kIdsEarly, else those that ids peeked at now hint at (row_hinted). The first warp
-    // of each thread row decides, its thread 0 issues the prefetches.
+    // of each thread row decides, its thread 0 issues the prefetches. The host limits this to the
+    // first 1 / tile of the wave (p.hint_blocks), as many rows as the general kernel's first wave
+    // prefetches: more only competed with the predecessor for DRAM (plan.rs, prefetch_blocks).
     if ((p.flags & kPrefetch) && threadIdx.x < 32 && block_linear() < p.hint_blocks) {
       const unsigned rows = (p.flags & kIdsEarly)
                                 ? kept

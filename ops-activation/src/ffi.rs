@@ -5,7 +5,8 @@ use kiln_runtime::cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, SyncOnDro
 use kiln_runtime::{Error, Result, Runtime};
 
 use crate::plan::{
-    Plan, disjoint, filter_tile, first_wave_prefetch, hinted_flags, launch_config, tiled_flags, tiled_geometry, vector_path, wide_allowed,
+    Plan, disjoint, filter_tile, first_wave_prefetch, hinted_flags, launch_config, prefetch_blocks, tiled_flags, tiled_geometry,
+    vector_path, wide_allowed,
 };
 use crate::{Float, Kernels, Options};
 
@@ -83,7 +84,7 @@ pub(crate) fn launch<T: Float>(
     let kernel = rt.kernel(spec)?;
     let hint_blocks = if first_wave_prefetch(plan, flags) {
         let threads = cfg.block.0 * cfg.block.1 * cfg.block.2;
-        rt.sm_count().saturating_mul(kernel.blocks_per_sm(threads, 0)?).min(i32::MAX as u32) as i32
+        prefetch_blocks(rt.sm_count().saturating_mul(kernel.blocks_per_sm(threads, 0)?), tiled)
     } else {
         i32::MAX
     };

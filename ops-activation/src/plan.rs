@@ -211,14 +211,20 @@ pub(crate) fn tiled_allowed(flags: i32, cfg: &LaunchConfig) -> bool {
 
 /// Most rows per thread row of the tiled kernel (one ballot of a warp gathers them).
 pub(crate) const MAX_TILE: u32 = 32;
-/// Filtered launches whose general grid has at least this many blocks (four waves of 8 CTAs on
+/// Filtered launches whose general grid has at least this many blocks (two waves of 8 CTAs on
 /// an H100) run the tiled kernel with [`TILE`] rows per thread row. Measured on the H100 (S7-3,
 /// S7-4, silu bf16, skip 0 / 50 / 90 % of the rows): 8192×8192 66.8 / 37.0 / 20.6 µs → 67.4 /
 /// 35.5 / 11.9 with tile 2, 16384×28672 458 / 250 / 139 → 455 / 233 / 74, 2048×8192 (4096
-/// blocks) 18.2 / 10.1 / 5.6 → 18.8 / 10.9 / 4.2; below 4096 blocks, tiles cost the unskipped
+/// blocks) 18.2 / 10.1 / 5.6 → 18.8 / 10.9 / 4.2; below 2048 blocks, tiles cost the unskipped
 /// rows more (512×8192 skip 0: 5.8 → 6.1 µs). Larger tiles gain more at skip 90 % (tile 4: 8192×8192
-/// 8.0 µs, 16384×28672 55 µs) but cost skip 0 1–3 %.
-pub(crate) const TILED_MIN_BLOCKS: u64 = 4096;
+/// 8.0 µs, 16384×28672 55 µs) but cost skip 0 1–3 %. The threshold was 4096 blocks until session
+/// 11; with the tiled kernel's prefetch budget ([`prefetch_blocks`]) 512×28672 (3584 blocks)
+/// gained more at skip 90 % than it lost at skip 0 / 50 % (S11-3, twice each, alternating, µs,
+/// general → tile 2, SGLang's filtered kernel in the same call): 15.01 / 8.36 / 5.11 → 16.04 /
+/// 9.37 / 3.76 (SGLang 16.06 / 8.97 / 4.12), and with `ids_before_wait` (S11-4) 15.54 / 8.37 /
+/// 4.37 → 15.44 / 8.98 / 2.89. High skip ratios are the common case of a filter: with expert
+/// parallelism over n GPUs a rank skips about (n − 1) / n of the rows.
+pub(crate) const TILED_MIN_BLOCKS: u64 = 2048;
 pub(crate) const TILE: u32 = 2;
 
 /// The tiled kernel's rows per thread row for a launch of `cfg` with these kernel flags, or
@@ -269,10 +275,24 @@ pub(crate) fn hinted_flags(plan: &Plan, flags: i32) -> i32 {
 
 /// Whether a filtered launch with these kernel flags prefetches the rows of its first wave only:
 /// the kept rows ([`tiled_flags`], ids before the wait) or those the ids hint at
-/// ([`hinted_flags`]). Its `Params::hint_blocks` is then the first wave, the blocks by linear
-/// index (the dispatch order) below blocks per SM times SMs; otherwise `i32::MAX` (every block).
+/// ([`hinted_flags`]). Its `Params::hint_blocks` is then [`prefetch_blocks`]; otherwise
+/// `i32::MAX` (every block).
 pub(crate) fn first_wave_prefetch(plan: &Plan, flags: i32) -> bool {
     flags & FLAG_PREFETCH != 0 && plan.filter_flags != 0
+}
+
+/// `Params::hint_blocks` of a [`first_wave_prefetch`] launch whose first wave (blocks per SM
+/// times SMs; blocks run in linear-index order) is `first_wave` blocks: the first wave of the
+/// general kernel; of the tiled kernel, which takes `tile` rows per thread row, the first
+/// `first_wave / tile` blocks, i.e. as many rows as the general kernel's first wave. Prefetching
+/// every row of the tiled kernel's first wave was slower: those bytes come from DRAM while the
+/// predecessor still streams its own. Measured on the H100 (S11-2, silu bf16, ids after the
+/// wait, twice each, alternating, µs, skip 0 / 50 / 90 %): 2048×8192 18.26 / 10.72 / 4.03 →
+/// 18.13 / 10.36 / 3.99 (SGLang 18.06 / 10.05 / 4.48); from 8192 rows within ±0.5 % but 8192×8192
+/// skip 50 % 35.07 → 35.51. 512×28672 at tile 2: 16.39 / 9.75 / 3.77 (S10-3) → 16.04 / 9.37 /
+/// 3.76 (S11-3).
+pub(crate) fn prefetch_blocks(first_wave: u32, tile: Option<u32>) -> i32 {
+    (first_wave / tile.unwrap_or(1).max(1)).clamp(1, i32::MAX as u32) as i32
 }
 
 /// The grid of the tiled kernel: `cfg`'s blocks and column blocks, with each block taking

@@ -333,9 +333,10 @@ fn tiled_kernel_for_large_filtered_vector_launches() {
         let (cfg, flags) = launch_config(p, vector, elem);
         filter_tile(flags, &cfg, p).unwrap_or(1)
     };
-    // bf16 d = 4096: 2 column blocks; 2048 rows = 4096 blocks → tile 2, 2047 rows → general.
-    assert_eq!(tile_of(&filtered(2048, 4096), true, 2), TILE);
-    assert_eq!(tile_of(&filtered(2047, 4096), true, 2), 1);
+    // bf16 d = 4096: 2 column blocks; 1024 rows = 2048 blocks → tile 2, 1023 rows → general.
+    assert_eq!(tile_of(&filtered(1024, 4096), true, 2), TILE);
+    assert_eq!(tile_of(&filtered(1023, 4096), true, 2), 1);
+    assert_eq!(tile_of(&filtered(512, 14336), true, 2), TILE);
     assert_eq!(tile_of(&filtered(16384, 14336), true, 2), TILE);
     // Unfiltered, scalar path, half vectors or thread rows narrower than a warp: never.
     assert_eq!(tile_of(&plan(16384, 4096, 8192, 4096), true, 2), 1);
@@ -425,4 +426,16 @@ fn id_hints_for_filtered_vector_launches_with_the_ids_after_the_wait() {
     let e = Plan { ids_early: true, ..filtered(1, 4096) };
     let f = flags_of(&e, true);
     assert!(f & FLAG_IDS_EARLY == 0 && f & FLAG_PREFETCH != 0 && first_wave_prefetch(&e, f));
+}
+
+#[test]
+fn prefetch_budget_is_the_general_kernels_first_wave_in_rows() {
+    // 132 SMs × 8 blocks: the general kernel's first wave; the tiled kernel's first wave / tile.
+    assert_eq!(prefetch_blocks(1056, None), 1056);
+    assert_eq!(prefetch_blocks(1056, Some(1)), 1056);
+    assert_eq!(prefetch_blocks(1056, Some(2)), 528);
+    assert_eq!(prefetch_blocks(1056, Some(32)), 33);
+    // Never zero blocks, never past i32.
+    assert_eq!(prefetch_blocks(7, Some(32)), 1);
+    assert_eq!(prefetch_blocks(u32::MAX, None), i32::MAX);
 }

@@ -706,7 +706,7 @@ fn main() {
     t.extend(dtype_trials("filter::random_large", |dt| by_dtype!(dt, expert_filter, silu(1024, 4096), 1, None, false)));
     // The general kernel on a large filtered launch (f32 1024×4096 takes the tiled one by size).
     t.extend(dtype_trials("filter::general_forced", |dt| by_dtype!(dt, expert_filter, silu(1024, 4096), 1, Some(1), false)));
-    // The tiled kernel: by the size rule (≥ 4096 blocks), and forced with odd tiles, strides,
+    // The tiled kernel: by the size rule (≥ 2048 blocks), and forced with odd tiles, strides,
     // steps, every activation and the rounding form.
     t.extend(dtype_trials("filter::tiled_by_size", |dt| by_dtype!(dt, expert_filter, silu(4099, 2048), 1, None, false)));
     t.extend(dtype_trials("filter::tiled3_step5_strided", |dt| {

@@ -41,9 +41,12 @@ pub struct Ctx {
     out: Option<std::fs::File>,
 }
 
-/// How many input sets make one replay touch at least [`L2_FLUSH_BYTES`] (1..=64).
+/// How many input sets make one replay touch at least [`L2_FLUSH_BYTES`] (1..=64), or
+/// `KILN_BENCH_FLUSH_MIB` MiB where set (to see whether a timing depends on lines that L2 keeps
+/// across the rotation).
 pub fn sets_for(bytes: usize) -> usize {
-    L2_FLUSH_BYTES.div_ceil(bytes.max(1)).clamp(1, 64)
+    let flush = std::env::var("KILN_BENCH_FLUSH_MIB").ok().and_then(|v| v.parse::<usize>().ok()).map_or(L2_FLUSH_BYTES, |m| m << 20);
+    flush.div_ceil(bytes.max(1)).clamp(1, 64)
 }
 
 impl Ctx {
