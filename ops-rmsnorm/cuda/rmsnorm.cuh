@@ -32,7 +32,8 @@
 //     together so that more loads are in flight and the weight is read once for all of them.
 //     G ≤ 32: blockDim.x / G row groups per CTA (the lanes of a row consecutive), each R times
 //     over; G > 32: R consecutive rows per CTA, blockDim.x = G (≤ 256 for K = 1, ≤ 512
-//     otherwise). grid = rows divided by the rows per CTA, rounded up.
+//     otherwise). grid = rows divided by the rows per CTA, rounded up. Instantiations with kPlain
+//     (K ≥ 2, unfused) load x by plain loads rather than L1::no_allocate (large launches).
 //   rmsnorm_rows_stream<T, W, kFused, kPdl>: one row per CTA of G ∈ [32, 512] threads,
 //     2^iters_log2 chunk slots per thread, two passes over the row (the second re-reads x and r
 //     from L2), for rows too long for registers.
@@ -142,11 +143,18 @@ KILN_DEVICE uint4 pack(const float* y) {
 }
 
 // x and residual are read once: no L1 allocation. Coherent (no .nc): out / residual may alias.
+// kPlain (the kPlain instantiations of rmsnorm_rows: large unfused launches): a plain load instead,
+// measured faster there (see Kind::plain_loads in plan.rs).
+template <bool kPlain = false>
 KILN_DEVICE uint4 ld_once(const void* p) {
   uint4 r;
-  asm volatile("ld.global.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-               : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
-               : "l"(p));
+  if constexpr (kPlain) {
+    asm volatile("ld.global.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
+  } else {
+    asm volatile("ld.global.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+                 : "l"(p));
+  }
   return r;
 }
 
@@ -157,11 +165,11 @@ KILN_DEVICE uint4 ld_weight(const void* p) {
 
 // The piece of `row` starting at element e0 (16 bytes; zeros past `hidden`). kVec: rows are
 // 16-byte aligned and hidden is a multiple of V, so every piece is one 16-byte access.
-template <typename E, bool kVec, bool kOnce>
+template <typename E, bool kVec, bool kOnce, bool kPlain = false>
 KILN_DEVICE uint4 load_piece(const E* row, long long e0, int hidden) {
   constexpr int N = 16 / static_cast<int>(sizeof(E));
   if constexpr (kVec) {
-    return kOnce ? ld_once(row + e0) : ld_weight(row + e0);
+    return kOnce ? ld_once<kPlain>(row + e0) : ld_weight(row + e0);
   } else {
     uint4 q = make_uint4(0u, 0u, 0u, 0u);
 #pragma unroll
@@ -366,7 +374,7 @@ KILN_DEVICE void write_rows(const Params& p, const uint4 (&xv)[kR][kK], const ui
   }
 }
 
-template <typename T, typename W, int kK, int kRows, bool kPdl, bool kFused, bool kVec, bool kLate>
+template <typename T, typename W, int kK, int kRows, bool kPdl, bool kFused, bool kVec, bool kLate, bool kPlain>
 KILN_DEVICE void rows_body(const Params& p, float (*part)[32]) {
   constexpr int V = kiln::kVec16<T>;
   // The element-wise path (a fallback) holds one row per thread: the host sets R = 1 for it.
@@ -397,7 +405,7 @@ KILN_DEVICE void rows_body(const Params& p, float (*part)[32]) {
       const long long e0 = static_cast<long long>(c) * V;
       xv[j][k] = rv[j][k] = make_uint4(0u, 0u, 0u, 0u);
       if (active && c < p.chunks) {
-        xv[j][k] = load_piece<T, kVec, true>(xrow, e0, p.hidden);
+        xv[j][k] = load_piece<T, kVec, true, kPlain>(xrow, e0, p.hidden);
         if constexpr (kFused) rv[j][k] = load_piece<T, kVec, true>(rrow, e0, p.hidden);
       }
     }
@@ -481,19 +489,23 @@ struct Bounds {
 // more loads in flight and one weight load for them all, for large row counts).
 // kLate: release the PDL dependents after the stores instead of once the rows are loaded (K = 1,
 // one row per thread, unfused only; the host's choice, see late_trigger in plan.rs).
-template <typename T, typename W, int kK, int kRows, bool kFused, bool kPdl, bool kLate = false>
+// kPlain: x by plain loads instead of L1::no_allocate (K ≥ 2, unfused only; the host's choice for
+// large launches, see Kind::plain_loads in plan.rs). A kernel of its own: as a runtime flag the
+// second body cost the other launches of these kernels 1–4 % (S11-17).
+template <typename T, typename W, int kK, int kRows, bool kFused, bool kPdl, bool kLate = false, bool kPlain = false>
 __global__ void __launch_bounds__(Bounds<T, W, kK, kRows, kFused>::kThreads, Bounds<T, W, kK, kRows, kFused>::kMinBlocks)
     rmsnorm_rows(const Params p) {
   static_assert(kK == 1 || kK == 2 || kK == 4, "K ∈ {1, 2, 4}");
   static_assert(kRows == 1 || (!kFused && kRows * kK <= 4), "rows per thread: 1, or R·K ≤ 4 unfused");
   static_assert(!kLate || (kK == 1 && kRows == 1 && !kFused), "kLate: the one-chunk, one-row unfused kernel only");
+  static_assert(!kPlain || (kK >= 2 && !kFused), "kPlain: the unfused kernels of two or more chunks only");
   __shared__ float part[kRows][32];
   prefetch_rows<T, kFused, kPdl>(p);
   kiln::pdl_wait<kPdl>();
   if ((p.flags & kFlagVec) != 0) {
-    rows_body<T, W, kK, kRows, kPdl, kFused, true, kLate>(p, part);
+    rows_body<T, W, kK, kRows, kPdl, kFused, true, kLate, kPlain>(p, part);
   } else {
-    rows_body<T, W, kK, kRows, kPdl, kFused, false, kLate>(p, part);
+    rows_body<T, W, kK, kRows, kPdl, kFused, false, kLate, false>(p, part);
   }
 }
 

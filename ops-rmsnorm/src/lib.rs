@@ -201,12 +201,22 @@ fn make_spec(t: DtypeId, w: DtypeId, kind: Kind, fused: bool, pdl: bool) -> Kern
     let (variant, expr) = match kind.shape() {
         None => ("stream".to_string(), template_expr("rmsnorm::rmsnorm_rows_stream", &[t.into(), w.into(), fused.into(), pdl.into()])),
         Some((k, r)) => {
-            let late = kind == Kind::Rows1Late;
+            let (late, plain) = (kind == Kind::Rows1Late, kind.is_plain());
             let mut args = vec![t.into(), w.into(), TemplateArg::Int(k.into()), TemplateArg::Int(r.into()), fused.into(), pdl.into()];
-            if late {
+            if late || plain {
+                args.push(late.into());
+            }
+            if plain {
                 args.push(true.into());
             }
-            let variant = format!("k{k}{}{}", if r == 1 { String::new() } else { format!("x{r}") }, if late { "_late" } else { "" });
+            let suffix = if late {
+                "_late"
+            } else if plain {
+                "_plain"
+            } else {
+                ""
+            };
+            let variant = format!("k{k}{}{suffix}", if r == 1 { String::new() } else { format!("x{r}") });
             (variant, template_expr("rmsnorm::rmsnorm_rows", &args))
         }
     };
@@ -231,7 +241,7 @@ static SPECS: LazyLock<Vec<KernelSpec>> = LazyLock::new(|| {
 
 /// Every kernel instantiation of this crate: (f16, f16 / f32 weight), (bf16, bf16 / f32 weight),
 /// (f32, f32) × {unfused: rows with 1, 2, 4 chunks a thread, 4 rows × 1 chunk, 2 rows × 2 chunks,
-/// two-pass, 1 chunk with the late PDL trigger; fused: the one-row kinds and two-pass} × {PDL, no PDL}.
+/// two-pass, 1 chunk with the late PDL trigger, the 2 / 4 / 2×2 kinds with plain x loads; fused: the one-row kinds and two-pass} × {PDL, no PDL}.
 pub fn kernel_specs() -> Vec<KernelSpec> {
     SPECS.clone()
 }
@@ -527,7 +537,7 @@ mod tests {
     #[test]
     fn spec_table_is_indexed_consistently() {
         let specs = kernel_specs();
-        assert_eq!(specs.len(), 110);
+        assert_eq!(specs.len(), 140);
         for (pi, &(t, w)) in PAIRS.iter().enumerate() {
             for (fused, kinds) in [(false, &Kind::PLAIN[..]), (true, &Kind::FUSED[..])] {
                 for &kind in kinds {

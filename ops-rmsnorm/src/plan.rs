@@ -73,12 +73,26 @@ pub(crate) enum Kind {
     Rows2x2,
     /// Rows1 releasing its PDL dependents after its stores (unfused only): see [`late_trigger`].
     Rows1Late,
+    /// Rows2, Rows4, Rows2x2 loading x by plain loads (unfused only): see [`Kind::plain_loads`].
+    Rows2Plain,
+    Rows4Plain,
+    Rows2x2Plain,
 }
 
 impl Kind {
     /// Kernels of the unfused op.
-    pub(crate) const PLAIN: [Kind; 7] =
-        [Kind::Rows1, Kind::Rows2, Kind::Rows4, Kind::Stream, Kind::Rows1x4, Kind::Rows2x2, Kind::Rows1Late];
+    pub(crate) const PLAIN: [Kind; 10] = [
+        Kind::Rows1,
+        Kind::Rows2,
+        Kind::Rows4,
+        Kind::Stream,
+        Kind::Rows1x4,
+        Kind::Rows2x2,
+        Kind::Rows1Late,
+        Kind::Rows2Plain,
+        Kind::Rows4Plain,
+        Kind::Rows2x2Plain,
+    ];
     /// Kernels of the fused op.
     pub(crate) const FUSED: [Kind; 4] = [Kind::Rows1, Kind::Rows2, Kind::Rows4, Kind::Stream];
 
@@ -90,14 +104,45 @@ impl Kind {
     pub(crate) fn shape(self) -> Option<(u32, u32)> {
         match self {
             Kind::Rows1 | Kind::Rows1Late => Some((1, 1)),
-            Kind::Rows2 => Some((2, 1)),
-            Kind::Rows4 => Some((4, 1)),
+            Kind::Rows2 | Kind::Rows2Plain => Some((2, 1)),
+            Kind::Rows4 | Kind::Rows4Plain => Some((4, 1)),
             Kind::Rows1x4 => Some((1, 4)),
-            Kind::Rows2x2 => Some((2, 2)),
+            Kind::Rows2x2 | Kind::Rows2x2Plain => Some((2, 2)),
             Kind::Stream => None,
         }
     }
+
+    /// Whether the kernel loads x by plain loads (`kPlain`) instead of `ld.global.L1::no_allocate`.
+    pub(crate) fn is_plain(self) -> bool {
+        matches!(self, Kind::Rows2Plain | Kind::Rows4Plain | Kind::Rows2x2Plain)
+    }
+
+    /// The kernel an unfused vector-path launch of `self` reading `input_bytes` of rows runs:
+    /// from [`PLAIN_LOADS_MIN_BYTES`] the kernels of two or more chunks a thread take their
+    /// plain-load twin. Measured on the H100 (S11-14, every `rmsnorm_hf` row, twice each,
+    /// alternating, µs `no_allocate` → plain loads): 16384×8192 180.62 → 178.05, 8192×8192 91.39 →
+    /// 90.30, 2048×8192 24.54 → 24.16, 16384×4096 91.40 → 90.20, 8192×4096 47.25 → 46.31,
+    /// 2048×4096 13.07 → 12.85. Below 16 MiB the same kernels went both ways (512×4096 4.09 → 3.81,
+    /// 32×8192 2.09 → 1.97, but 512×8192 7.11 → 7.44, 32×4096 1.62 → 1.69), and the one-chunk
+    /// kernels lost where the others gained (65536×128 12.33 → 12.61, 8192×128 2.51 → 2.58). Plain
+    /// or `evict_last` weight loads on top added nothing (same call). The fused kernels (x and the
+    /// residual) were not measured and keep `no_allocate`.
+    pub(crate) fn plain_loads(self, vec: bool, fused: bool, input_bytes: usize) -> Kind {
+        if !vec || fused || input_bytes < PLAIN_LOADS_MIN_BYTES {
+            return self;
+        }
+        match self {
+            Kind::Rows2 => Kind::Rows2Plain,
+            Kind::Rows4 => Kind::Rows4Plain,
+            Kind::Rows2x2 => Kind::Rows2x2Plain,
+            k => k,
+        }
+    }
 }
+
+/// Unfused launches reading at least this many bytes of rows take the plain-load kernels (see
+/// [`Kind::plain_loads`]).
+pub(crate) const PLAIN_LOADS_MIN_BYTES: usize = 16 << 20;
 
 /// Whether a launch releases its PDL dependents after its stores ([`Kind::Rows1Late`]) rather
 /// than once its loads are issued: a single CTA of one-chunk row groups (unfused) with fewer rows
@@ -356,6 +401,7 @@ pub(crate) fn plan(r: &Request) -> Result<Option<Plan>> {
             };
             let grid = rows.div_ceil(rows_per_slot * n);
             let kind = if late_trigger(kind, var.log2_group, rows, block, fused) { Kind::Rows1Late } else { kind };
+            let kind = kind.plain_loads(vec, fused, rows.saturating_mul(hidden).saturating_mul(r.elem));
             (kind, block, grid, 0, n as u32)
         }
     };
@@ -477,6 +523,29 @@ mod tests {
     }
 
     #[test]
+    fn plain_loads_from_16_mib_of_rows() {
+        let p = |rows, hidden| plan(&req(rows, hidden)).unwrap().unwrap().kind;
+        assert_eq!(p(2048, 4096), Kind::Rows2Plain, "16 MiB, K = 2");
+        assert_eq!(p(2047, 4096), Kind::Rows2, "below 16 MiB");
+        assert_eq!(p(2048, 8192), Kind::Rows4Plain, "32 MiB, K = 4");
+        assert_eq!(p(512, 8192), Kind::Rows4, "8 MiB");
+        assert_eq!(p(16384, 8192), Kind::Rows4Plain, "256 MiB");
+        assert_eq!(p(8192, 4096), Kind::Rows2x2Plain, "64 MiB, K = 2, two rows a thread");
+        assert_eq!(p(65536, 128), Kind::Rows1, "one chunk a thread: never");
+        assert_eq!(p(1024, 32768), Kind::Stream, "two-pass: never");
+        // Fused launches and the element-wise path keep no_allocate.
+        let mut r = req(2048, 8192);
+        r.residual = Some(Buf { ptr: 0x4000_0000, len: 2048 * 8192 });
+        assert_eq!(plan(&r).unwrap().unwrap().kind, Kind::Rows4);
+        let mut r = req(2048, 8192);
+        r.x.ptr = 0x1008;
+        let a = plan(&r).unwrap().unwrap();
+        assert!(!a.vec && !a.kind.is_plain(), "{a:?}");
+        assert_eq!(Kind::Rows4.plain_loads(true, false, usize::MAX), Kind::Rows4Plain);
+        assert_eq!(Kind::Rows1x4.plain_loads(true, false, usize::MAX), Kind::Rows1x4);
+    }
+
+    #[test]
     fn default_shapes() {
         let p = |rows, hidden| plan(&req(rows, hidden)).unwrap().unwrap();
         // hidden 128 bf16: 16 chunks, half a warp per row, 8 rows per 128-thread CTA, one row
@@ -487,11 +556,12 @@ mod tests {
         assert_eq!((a.kind, a.block, a.grid, a.rows_per_thread), (Kind::Rows1, 128, 8192, 1));
         let a = p(16384, 128);
         assert_eq!((a.grid, a.rows_per_thread), (2048, 1));
-        // x 4096: one row per 256-thread CTA up to 3168 rows, two beyond.
+        // x 4096: one row per 256-thread CTA up to 3168 rows, two beyond (from 16 MiB of rows
+        // the plain-load kernels).
         let a = p(2048, 4096);
-        assert_eq!((a.kind, a.block, a.grid, a.rows_per_thread), (Kind::Rows2, 256, 2048, 1));
+        assert_eq!((a.kind, a.block, a.grid, a.rows_per_thread), (Kind::Rows2Plain, 256, 2048, 1));
         let a = p(8192, 4096);
-        assert_eq!((a.kind, a.block, a.grid, a.rows_per_thread), (Kind::Rows2x2, 256, 4096, 2));
+        assert_eq!((a.kind, a.block, a.grid, a.rows_per_thread), (Kind::Rows2x2Plain, 256, 4096, 2));
         // One row of 128: a whole 128-thread CTA all the same (eight rows' worth of lanes).
         let a = p(1, 128);
         assert_eq!((a.block, a.grid), (128, 1));
