@@ -541,6 +541,10 @@ mod tests {
         r.x.ptr = 0x1008;
         let a = plan(&r).unwrap().unwrap();
         assert!(!a.vec && !a.kind.is_plain(), "{a:?}");
+        // f32 rows of 4096 (the T2 PDL chain at 2048 rows): 32 MiB, K = 4.
+        let mut r = req(2048, 4096);
+        (r.elem, r.weight_elem) = (4, 4);
+        assert_eq!(plan(&r).unwrap().unwrap().kind, Kind::Rows4Plain);
         assert_eq!(Kind::Rows4.plain_loads(true, false, usize::MAX), Kind::Rows4Plain);
         assert_eq!(Kind::Rows1x4.plain_loads(true, false, usize::MAX), Kind::Rows1x4);
     }
