@@ -11,7 +11,7 @@ use kiln_runtime::cudarc::driver::CudaSlice;
 
 use kiln_tests::data::Rng;
 
-use super::{Ctx, sets_for};
+use super::Ctx;
 
 /// Uniform in (-4, 4), never 0 (bench data only needs ordinary numbers, not zeros).
 fn value(rng: &mut Rng) -> f32 {
@@ -74,7 +74,7 @@ pub fn run(c: &mut Ctx) -> anyhow::Result<()> {
                 continue;
             }
             let bytes = t * 3 * d * 2;
-            let sets = sets_for(bytes);
+            let sets = c.sets_for(bytes);
             let (inputs, mut outputs) = buffers(c, sets, t * 2 * d, t * d)?;
             for act in [Activation::Silu, Activation::GeluTanh] {
                 if !c.wants(act.op(), &shape) {

@@ -38,15 +38,10 @@ pub struct Ctx {
     /// KILN_BENCH_ONLY=a,b: time only the rows whose `"{op} {shape}"` contains one of these
     /// substrings (for A/B runs on the device); unset: every row.
     only: Vec<String>,
+    /// Bytes each replay touches at least: [`L2_FLUSH_BYTES`], or `KILN_BENCH_FLUSH_MIB` MiB
+    /// (to see whether a timing depends on lines that L2 keeps across the rotation).
+    flush_bytes: usize,
     out: Option<std::fs::File>,
-}
-
-/// How many input sets make one replay touch at least [`L2_FLUSH_BYTES`] (1..=64), or
-/// `KILN_BENCH_FLUSH_MIB` MiB where set (to see whether a timing depends on lines that L2 keeps
-/// across the rotation).
-pub fn sets_for(bytes: usize) -> usize {
-    let flush = std::env::var("KILN_BENCH_FLUSH_MIB").ok().and_then(|v| v.parse::<usize>().ok()).map_or(L2_FLUSH_BYTES, |m| m << 20);
-    flush.div_ceil(bytes.max(1)).clamp(1, 64)
 }
 
 impl Ctx {
@@ -64,7 +59,21 @@ impl Ctx {
             .map(|s| s.trim().to_string())
             .filter(|s| !s.is_empty())
             .collect();
-        Ok(Ctx { rt, quick, out, eager, only })
+        let flush_bytes = match std::env::var("KILN_BENCH_FLUSH_MIB") {
+            Ok(v) => v
+                .parse::<usize>()
+                .ok()
+                .filter(|&m| m > 0)
+                .and_then(|m| m.checked_mul(1 << 20))
+                .with_context(|| format!("KILN_BENCH_FLUSH_MIB={v:?} (must be a positive number of MiB)"))?,
+            Err(_) => L2_FLUSH_BYTES,
+        };
+        Ok(Ctx { rt, quick, out, eager, only, flush_bytes })
+    }
+
+    /// How many input sets of `bytes` make one replay touch at least the flush bytes (1..=64).
+    pub fn sets_for(&self, bytes: usize) -> usize {
+        self.flush_bytes.div_ceil(bytes.max(1)).clamp(1, 64)
     }
 
     /// Whether the row `op` / `shape` is to be timed (see `KILN_BENCH_ONLY`).

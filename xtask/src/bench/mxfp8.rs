@@ -15,7 +15,7 @@ use kiln_mxfp8::{
 use kiln_runtime::cudarc::driver::CudaSlice;
 use kiln_runtime::{E4m3, E8m0};
 
-use super::{Ctx, sets_for};
+use super::Ctx;
 
 /// The fixed uneven split of `rows` over `experts`.
 fn split(rows: usize, experts: usize) -> Vec<i32> {
@@ -78,7 +78,7 @@ pub fn run(c: &mut Ctx) -> anyhow::Result<()> {
         let ex = Experts { expert_offsets: &offsets, tokens_per_expert: &counts, blockscale_offsets: &scale_offsets };
         let n = rows * k;
         let bytes = n as f64 * (3.0 + 1.0 / 32.0);
-        let sets = sets_for(bytes as usize);
+        let sets = c.sets_for(bytes as usize);
         let mut xs = inputs(c, sets, n)?;
         let mut qs = (0..sets).map(|_| stream.alloc_zeros::<E4m3>(n)).collect::<Result<Vec<_>, _>>()?;
         let mut ss = (0..sets).map(|_| stream.alloc_zeros::<E8m0>(scale_rows * k / 32)).collect::<Result<Vec<_>, _>>()?;

@@ -17,7 +17,7 @@ use kiln_mxfp8::{Experts, GemmKernel, GroupedGemmShape, Mxfp8Operand, grouped_ge
 use kiln_runtime::cudarc::driver::CudaSlice;
 use kiln_runtime::{E4m3, E8m0};
 
-use super::{Ctx, sets_for};
+use super::Ctx;
 
 /// Random E4M3 codes (finite: 0x7F/0xFF never appear) from a fixed seed.
 fn codes(n: usize, seed: u64) -> Vec<E4m3> {
@@ -87,7 +87,7 @@ pub fn run(c: &mut Ctx) -> anyhow::Result<()> {
         let counts_d = stream.clone_htod(&counts)?;
         let bso_d = stream.clone_htod(&bso)?;
         let token_bytes = t * k + t * k / 32 + t * n * 2;
-        let sets = sets_for(token_bytes).min(8);
+        let sets = c.sets_for(token_bytes).min(8);
         let xq = (0..sets).map(|i| stream.clone_htod(&codes(t * k, 100 + i as u64))).collect::<Result<Vec<_>, _>>()?;
         let xs = (0..sets).map(|i| stream.clone_htod(&scales(scale_rows * k / 32, 200 + i as u64))).collect::<Result<Vec<_>, _>>()?;
         let mut out = (0..sets).map(|_| stream.alloc_zeros::<bf16>(t * n)).collect::<Result<Vec<_>, _>>()?;

@@ -6,7 +6,7 @@ use half::bf16;
 use kiln_rmsnorm::{Norm, Shape};
 use kiln_runtime::cudarc::driver::CudaSlice;
 
-use super::{Ctx, sets_for};
+use super::Ctx;
 
 /// `n` bf16 values in [-2, 2), deterministic (the values do not affect the timing).
 fn data(n: usize, salt: u32) -> Vec<bf16> {
@@ -30,7 +30,7 @@ struct Hf {
 impl Hf {
     fn new(c: &Ctx, t: usize, h: usize) -> anyhow::Result<Hf> {
         let bytes = 2 * t * h * 2 + h * 2;
-        let sets = sets_for(bytes);
+        let sets = c.sets_for(bytes);
         let xs = upload_sets(c, &data(t * h, 1), sets)?;
         let outs = upload_sets(c, &data(t * h, 2), sets)?;
         let w = c.rt.stream().clone_htod(&data(h, 3))?;
@@ -116,7 +116,7 @@ pub fn run(c: &mut Ctx) -> anyhow::Result<()> {
         let rt = c.rt.clone();
 
         let bytes = 2 * t * h * 2 + h * 2;
-        let sets = sets_for(bytes);
+        let sets = c.sets_for(bytes);
         let xs = upload_sets(c, &data(t * h, 1), sets)?;
         let mut outs = upload_sets(c, &data(t * h, 2), sets)?;
         let us = c.time(sets, |i| kiln_rmsnorm::rms_norm(&rt, &xs[i], &w, &mut outs[i], shape, Norm::fp32(1e-6)))?;
@@ -124,7 +124,7 @@ pub fn run(c: &mut Ctx) -> anyhow::Result<()> {
 
         // Reads x and residual, writes both.
         let bytes = 4 * t * h * 2 + h * 2;
-        let sets = sets_for(bytes);
+        let sets = c.sets_for(bytes);
         let mut xs = upload_sets(c, &data(t * h, 1), sets)?;
         let mut rs = upload_sets(c, &data(t * h, 4), sets)?;
         let us = c.time(sets, |i| kiln_rmsnorm::fused_add_rms_norm(&rt, &mut xs[i], &mut rs[i], &w, shape, Norm::hf(1e-6)))?;

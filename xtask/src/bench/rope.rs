@@ -8,7 +8,7 @@ use half::bf16;
 use kiln_rope::{Heads, QkNormRope, Rope, Rows, apply_rope_qkv, fused_qk_norm_rope};
 use kiln_runtime::cudarc::driver::CudaSlice;
 
-use super::{Ctx, sets_for};
+use super::Ctx;
 
 /// Cheap deterministic data (the kernel's time does not depend on the values).
 fn data(n: usize, seed: u64) -> Vec<bf16> {
@@ -58,7 +58,7 @@ fn time_shape(c: &mut Ctx, op: &str, heads: Heads, rope: Rope, norm: bool, token
             continue;
         }
         let bytes = 2 * t * (nq + nk) * hd * 2 + t * 4;
-        let sets = sets_for(bytes);
+        let sets = c.sets_for(bytes);
         let mut qkvs: Vec<CudaSlice<bf16>> =
             (0..sets).map(|i| stream.clone_htod(&data(t * width, 3 + i as u64))).collect::<Result<_, _>>()?;
         let positions: Vec<i32> = (0..t).map(|i| ((i as u64 * 2_654_435_761) % 32768) as i32).collect();
