@@ -287,9 +287,11 @@ KILN_DEVICE float rstd_of(float sumsq, const Params& p) {
 }
 
 // Chunk c of the outputs: residual <- RN_T(v) (kFused), out <- y.
-// kHfOnly: the caller has checked p.form == kHf (the register kernels branch once, uniformly,
-// around their whole write phase), so the selects and the unused forms' arithmetic drop out.
-template <typename T, typename W, bool kFused, bool kVec, bool kHfOnly = false>
+// kForm: the form when it is fixed at compile time (the register kernels branch once, uniformly,
+// on p.form == kHf around their whole write phase; the warp-per-row kernel is instantiated per
+// form), so the selects and the unused forms' arithmetic drop out; kAnyForm: p.form decides.
+enum : int { kAnyForm = -1 };
+template <typename T, typename W, bool kFused, bool kVec, int kForm = kAnyForm>
 KILN_DEVICE void write_chunk(const Params& p, T* orow, T* rrow, int c, const uint4& x, const uint4& r, const WChunk<T, W>& w,
                              float rstd) {
   constexpr int V = kiln::kVec16<T>;
@@ -300,9 +302,10 @@ KILN_DEVICE void write_chunk(const Params& p, T* orow, T* rrow, int c, const uin
   for (int i = 0; i < V; ++i) u[i] = value<T, kFused>(x, r, i, sum_f32);
   if constexpr (kFused) store_piece<T, kVec>(rrow, e0, p.hidden, pack<T>(u));  // RN_T(v) in both sum modes
   // One code path for the forms (selects, not branches, so the compiler can interleave chunks;
-  // with kHfOnly the selects fold away): kHf rounds u·rstd to T first; kGemma uses 1 + w (an
+  // with a fixed kForm the selects fold away): kHf rounds u·rstd to T first; kGemma uses 1 + w (an
   // fp32 add), the others w itself.
-  const bool hf = kHfOnly || p.form == kHf, gemma = !kHfOnly && p.form == kGemma;
+  const int form = kForm == kAnyForm ? p.form : kForm;
+  const bool hf = form == kHf, gemma = form == kGemma;
   float y[V];
 #pragma unroll
   for (int i = 0; i < V; ++i) {
@@ -351,8 +354,8 @@ KILN_DEVICE void prefetch_rows(const Params& p) {
 }
 
 // rows_body's write phase: chunk k of each of the thread's rows (weights loaded here unless
-// kWeightEarly). kHfOnly: see write_chunk.
-template <typename T, typename W, int kK, int kR, bool kFused, bool kVec, bool kWeightEarly, bool kHfOnly>
+// kWeightEarly). kForm: see write_chunk.
+template <typename T, typename W, int kK, int kR, bool kFused, bool kVec, bool kWeightEarly, int kForm>
 KILN_DEVICE void write_rows(const Params& p, const uint4 (&xv)[kR][kK], const uint4 (&rv)[kR][kK], WChunk<T, W> (&wv)[kK],
                             const float (&rstd)[kR], const RowSlots& rs, int nr) {
   const W* wt = static_cast<const W*>(p.weight);
@@ -367,7 +370,7 @@ KILN_DEVICE void write_rows(const Params& p, const uint4 (&xv)[kR][kK], const ui
         if (j < nr && row < p.rows) {
           T* orow = static_cast<T*>(p.out) + row * p.out_stride;
           T* rrow = kFused ? static_cast<T*>(p.residual) + row * p.res_stride : nullptr;
-          write_chunk<T, W, kFused, kVec, kHfOnly>(p, orow, rrow, c, xv[j][k], rv[j][k], wv[k], rstd[j]);
+          write_chunk<T, W, kFused, kVec, kForm>(p, orow, rrow, c, xv[j][k], rv[j][k], wv[k], rstd[j]);
         }
       }
     }
@@ -468,9 +471,9 @@ KILN_DEVICE void rows_body(const Params& p, float (*part)[32]) {
   // µs, 1×4096 1.51 → 1.45, 1×8192 1.78 → 1.72, 8×256 1.29 → 1.06, 2048×8192 24.67 → 24.51;
   // ≥ 64 MiB inputs within +0.1 %. (Without any of the form arithmetic, S9-16: 2048×8192 24.42.)
   if (kVec && p.form == kHf) {
-    write_rows<T, W, kK, kR, kFused, kVec, kWeightEarly, true>(p, xv, rv, wv, rstd, rs, nr);
+    write_rows<T, W, kK, kR, kFused, kVec, kWeightEarly, kHf>(p, xv, rv, wv, rstd, rs, nr);
   } else {
-    write_rows<T, W, kK, kR, kFused, kVec, kWeightEarly, false>(p, xv, rv, wv, rstd, rs, nr);
+    write_rows<T, W, kK, kR, kFused, kVec, kWeightEarly, kAnyForm>(p, xv, rv, wv, rstd, rs, nr);
   }
   if constexpr (kLate) kiln::pdl_launch_dependents<kPdl>();
 }
@@ -507,6 +510,35 @@ __global__ void __launch_bounds__(Bounds<T, W, kK, kRows, kFused>::kThreads, Bou
   } else {
     rows_body<T, W, kK, kRows, kPdl, kFused, false, kLate, false>(p, part);
   }
+}
+
+// ---- Few short rows (the host's choice: unfused vector-path launches of a few rows of at most
+// 32 chunks, see Kind::Warp in plan.rs): a warp per row, lane c holding chunk c (lanes past the
+// row's chunks add +0 pads to the butterfly: the canonical order), R = 1, CTAs of up to 8 rows.
+// Nothing but the row bounds is decided at run time — no row groups, no vector / element or form
+// branch, no cross-warp step, no shared memory — because in a launch this small every
+// instruction between the PDL wait and the stores is on the critical path. Dependents are
+// released once the loads are issued; no warp of a one-CTA launch is idle.
+template <typename T, typename W, int kForm, bool kPdl>
+__global__ void __launch_bounds__(256) rmsnorm_warp_rows(const Params p) {
+  constexpr int V = kiln::kVec16<T>;
+  const int lane = static_cast<int>(threadIdx.x & 31);
+  const long long row = static_cast<long long>(blockIdx.x) * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  const bool live = row < p.rows, mine = live && lane < p.chunks;
+  const T* xrow = static_cast<const T*>(p.x) + row * p.x_stride;
+  if (live && lane == 0 && (p.flags & kFlagPrefetch)) {
+    kiln::pdl_prefetch_l2<kPdl>(xrow, static_cast<unsigned>(p.hidden) * sizeof(T));
+  }
+  kiln::pdl_wait<kPdl>();
+  uint4 x = make_uint4(0u, 0u, 0u, 0u);
+  WChunk<T, W> w;
+  if (mine) {
+    x = ld_once(xrow + lane * V);
+    w = load_weight<T, W, true>(static_cast<const W*>(p.weight), lane, p.hidden);
+  }
+  kiln::pdl_launch_dependents<kPdl>();
+  const float rstd = rstd_of(warp_butterfly(chunk_sumsq<T, false>(x, x, false)), p);
+  if (mine) write_chunk<T, W, false, true, kForm>(p, static_cast<T*>(p.out) + row * p.out_stride, nullptr, lane, x, x, w, rstd);
 }
 
 // ---- Rows too long for registers: pass 1 sums, pass 2 re-reads and writes. Chunk slots k are

@@ -198,7 +198,12 @@ fn spec_index(pair: usize, kind: Kind, fused: bool, pdl: bool) -> usize {
 
 fn make_spec(t: DtypeId, w: DtypeId, kind: Kind, fused: bool, pdl: bool) -> KernelSpec {
     let tag = if t == w { t.tag().to_string() } else { format!("{}_w{}", t.tag(), w.tag()) };
+    let warp = kind.warp_form().map(|form| {
+        let name = ["hf", "fp32", "gemma"][form as usize];
+        (format!("warp_{name}"), template_expr("rmsnorm::rmsnorm_warp_rows", &[t.into(), w.into(), TemplateArg::Int(form), pdl.into()]))
+    });
     let (variant, expr) = match kind.shape() {
+        _ if warp.is_some() => warp.unwrap_or_default(),
         None => ("stream".to_string(), template_expr("rmsnorm::rmsnorm_rows_stream", &[t.into(), w.into(), fused.into(), pdl.into()])),
         Some((k, r)) => {
             let (late, plain) = (kind == Kind::Rows1Late, kind.is_plain());
@@ -241,7 +246,8 @@ static SPECS: LazyLock<Vec<KernelSpec>> = LazyLock::new(|| {
 
 /// Every kernel instantiation of this crate: (f16, f16 / f32 weight), (bf16, bf16 / f32 weight),
 /// (f32, f32) × {unfused: rows with 1, 2, 4 chunks a thread, 4 rows × 1 chunk, 2 rows × 2 chunks,
-/// two-pass, 1 chunk with the late PDL trigger, the 2 / 4 / 2×2 kinds with plain x loads; fused: the one-row kinds and two-pass} × {PDL, no PDL}.
+/// two-pass, 1 chunk with the late PDL trigger, the 2 / 4 / 2×2 kinds with plain x loads, a warp
+/// per row for each form; fused: the one-row kinds and two-pass} × {PDL, no PDL}.
 pub fn kernel_specs() -> Vec<KernelSpec> {
     SPECS.clone()
 }
@@ -537,7 +543,7 @@ mod tests {
     #[test]
     fn spec_table_is_indexed_consistently() {
         let specs = kernel_specs();
-        assert_eq!(specs.len(), 140);
+        assert_eq!(specs.len(), 170);
         for (pi, &(t, w)) in PAIRS.iter().enumerate() {
             for (fused, kinds) in [(false, &Kind::PLAIN[..]), (true, &Kind::FUSED[..])] {
                 for &kind in kinds {

@@ -3,7 +3,7 @@
 
 use kiln_runtime::{Error, Result, ensure};
 
-use crate::{Norm, Shape};
+use crate::{Form, Norm, Shape};
 
 /// Largest supported `hidden` (2^27 elements): keeps every in-row index in 32 bits and the
 /// two-pass kernel's binary counter within its fixed depth.
@@ -48,6 +48,28 @@ pub struct Variant {
     pub rows_per_thread: u32,
     /// Element-wise accesses even where 16-byte ones are possible.
     pub scalar: bool,
+    /// The warp-per-row kernel for few short rows ([`Kind::WarpHf`] and its forms): unfused,
+    /// at most [`WARP_MAX_CHUNKS`] chunks, `log2_group` 5, one chunk and one row per thread. On
+    /// the element-wise path the plan runs the same shape with the register kernel instead.
+    pub warp: bool,
+}
+
+/// Longest rows (chunks of 16 bytes: hidden 256 in 16-bit types, 128 in f32) of the
+/// warp-per-row kernel.
+pub const WARP_MAX_CHUNKS: usize = 32;
+
+/// Rows of a CTA of the warp-per-row kernel (one warp each).
+const WARP_CTA_ROWS: usize = 8;
+
+/// Rows up to which an unfused vector-path launch of at most [`WARP_MAX_CHUNKS`] chunks runs the
+/// warp-per-row kernel: 2048 for rows of 16 chunks or more, 512 for shorter ones (whose warps
+/// are mostly idle lanes). Measured on the H100 (S12-7, `rms_norm_hf` bf16, twice each, µs, the
+/// register kernels' choice → the warp kernel, bit-identical): 1×128 1.04 → 0.83, 8×128 1.06 →
+/// 0.86, 128×128 1.08 → 0.91, 512×128 1.20 → 1.03, 2048×128 1.60 → 1.52, 1×256 1.05 → 0.83,
+/// 2048×256 1.85 → 1.68, 512×64 1.14 → 1.00, but 2048×64 1.38 → 1.46. Its form is a template
+/// argument: with `p.form` read at run time the same kernel took 0.93–1.33 µs.
+fn warp_rows_max(chunks: usize) -> usize {
+    if chunks >= 16 { 2048 } else { 512 }
 }
 
 /// Most rows a thread holds (the `kRows` of the multi-row unfused kernels in rmsnorm.cuh); 1 for
@@ -77,11 +99,16 @@ pub(crate) enum Kind {
     Rows2Plain,
     Rows4Plain,
     Rows2x2Plain,
+    /// `rmsnorm_warp_rows` for the HF / fp32 / Gemma form (unfused, vector path): see
+    /// [`warp_rows_max`].
+    WarpHf,
+    WarpFp32,
+    WarpGemma,
 }
 
 impl Kind {
     /// Kernels of the unfused op.
-    pub(crate) const PLAIN: [Kind; 10] = [
+    pub(crate) const PLAIN: [Kind; 13] = [
         Kind::Rows1,
         Kind::Rows2,
         Kind::Rows4,
@@ -92,6 +119,9 @@ impl Kind {
         Kind::Rows2Plain,
         Kind::Rows4Plain,
         Kind::Rows2x2Plain,
+        Kind::WarpHf,
+        Kind::WarpFp32,
+        Kind::WarpGemma,
     ];
     /// Kernels of the fused op.
     pub(crate) const FUSED: [Kind; 4] = [Kind::Rows1, Kind::Rows2, Kind::Rows4, Kind::Stream];
@@ -100,10 +130,30 @@ impl Kind {
         self as usize
     }
 
+    /// The warp-per-row kernel of each form.
+    fn warp(form: Form) -> Kind {
+        match form {
+            Form::Hf => Kind::WarpHf,
+            Form::Fp32 => Kind::WarpFp32,
+            Form::Gemma => Kind::WarpGemma,
+        }
+    }
+
+    /// The form a warp-per-row kernel is instantiated for (`kHf` = 0, `kFp32` = 1, `kGemma` = 2
+    /// in rmsnorm.cuh); None for the other kernels.
+    pub(crate) fn warp_form(self) -> Option<i64> {
+        match self {
+            Kind::WarpHf => Some(0),
+            Kind::WarpFp32 => Some(1),
+            Kind::WarpGemma => Some(2),
+            _ => None,
+        }
+    }
+
     /// (chunks per thread, most rows per thread) of a register kernel; None for the two-pass one.
     pub(crate) fn shape(self) -> Option<(u32, u32)> {
         match self {
-            Kind::Rows1 | Kind::Rows1Late => Some((1, 1)),
+            Kind::Rows1 | Kind::Rows1Late | Kind::WarpHf | Kind::WarpFp32 | Kind::WarpGemma => Some((1, 1)),
             Kind::Rows2 | Kind::Rows2Plain => Some((2, 1)),
             Kind::Rows4 | Kind::Rows4Plain => Some((4, 1)),
             Kind::Rows1x4 => Some((1, 4)),
@@ -154,7 +204,9 @@ pub(crate) const PLAIN_LOADS_MIN_BYTES: usize = 16 << 20;
 /// second trigger site slowed other launches by 1–16 % (S5-5: 4×256 1.24 → 1.44 µs). That full
 /// CTA does gain in a CTA of twice the size, half idle ([`LONE_CTA_THREADS`]). Releasing once the
 /// working threads' loads are issued (idle threads not triggering) was slower at hidden 128 and
-/// 256 (S6-1: 1×128 1.06 → 1.19 µs, 2×256 1.07 → 1.32) and faster only at hidden 64.
+/// 256 (S6-1: 1×128 1.06 → 1.19 µs, 2×256 1.07 → 1.32) and faster only at hidden 64. Since
+/// session 12 the vector path of these launches runs the warp-per-row kernel instead
+/// ([`warp_rows_max`]); this remains the element-wise path's choice.
 fn late_trigger(kind: Kind, log2_group: u32, rows: usize, block: usize, fused: bool) -> bool {
     // A Rows1 CTA holds block >> log2_group rows (one when a row fills the CTA), so fewer rows
     // than that means a single CTA with idle groups.
@@ -246,7 +298,7 @@ pub fn default_variant(chunks: usize, rows: usize, fused: bool) -> Variant {
         1024 | 2048 => (log2(cp / 4), 4),
         _ => (9, 0),
     };
-    Variant { log2_group, chunks_per_thread, rows_per_thread: 0, scalar: false }
+    Variant { log2_group, chunks_per_thread, rows_per_thread: 0, scalar: false, warp: false }
 }
 
 /// Every launch shape that can run rows of `chunks` chunks (for tests that compare them), with
@@ -257,13 +309,17 @@ pub fn variants(chunks: usize, fused: bool) -> Vec<Variant> {
         for chunks_per_thread in [0, 1, 2, 4] {
             for rows_per_thread in 1..=max_rows(chunks_per_thread, fused) {
                 for scalar in [false, true].into_iter().filter(|&s| !s || rows_per_thread == 1) {
-                    let cand = Variant { log2_group, chunks_per_thread, rows_per_thread, scalar };
+                    let cand = Variant { log2_group, chunks_per_thread, rows_per_thread, scalar, warp: false };
                     if check_variant(cand, chunks, fused).is_ok() {
                         v.push(cand);
                     }
                 }
             }
         }
+    }
+    let warp = Variant { log2_group: 5, chunks_per_thread: 1, rows_per_thread: 1, scalar: false, warp: true };
+    if check_variant(warp, chunks, fused).is_ok() {
+        v.push(warp);
     }
     v
 }
@@ -275,6 +331,14 @@ fn check_variant(v: Variant, chunks: usize, fused: bool) -> std::result::Result<
     let max = if v.chunks_per_thread == 1 { MAX_THREADS_K1 } else { MAX_THREADS };
     if g > max {
         return Err(format!("{g} threads per row exceed this kernel's {max}"));
+    }
+    if v.warp {
+        if fused || chunks > WARP_MAX_CHUNKS {
+            return Err(format!("the warp-per-row kernel is unfused and takes at most {WARP_MAX_CHUNKS} chunks ({chunks}, fused={fused})"));
+        }
+        if (v.log2_group, v.chunks_per_thread, v.rows_per_thread.max(1), v.scalar) != (5, 1, 1, false) {
+            return Err("the warp-per-row kernel is log2_group 5, one chunk and one row per thread, 16-byte accesses".to_string());
+        }
     }
     let max_r = max_rows(v.chunks_per_thread, fused);
     if v.rows_per_thread > max_r {
@@ -367,7 +431,15 @@ pub(crate) fn plan(r: &Request) -> Result<Option<Plan>> {
 
     let cp = chunks.next_power_of_two();
     let g = 1usize << var.log2_group;
+    let warp = match r.force {
+        Some(v) => v.warp,
+        None => !fused && chunks <= WARP_MAX_CHUNKS && rows <= warp_rows_max(chunks),
+    };
     let (kind, block, grid, iters_log2, rows_per_thread) = match var.chunks_per_thread {
+        _ if warp && vec => {
+            let per = rows.min(WARP_CTA_ROWS);
+            (Kind::warp(r.norm.form), 32 * per, rows.div_ceil(per), 0, 1)
+        }
         0 => (Kind::Stream, g, rows, log2((cp / g).max(1)), 1),
         k => {
             // Rows handled by one CTA per row held by a thread (G ≤ 32: ROWS_CTA_THREADS / G
@@ -405,7 +477,8 @@ pub(crate) fn plan(r: &Request) -> Result<Option<Plan>> {
             (kind, block, grid, 0, n as u32)
         }
     };
-    Ok(Some(Plan { kind, log2_group: var.log2_group, iters_log2, rows_per_thread, block: block as u32, grid: grid as u32, vec, chunks }))
+    let log2_group = if warp && vec { 5 } else { var.log2_group };
+    Ok(Some(Plan { kind, log2_group, iters_log2, rows_per_thread, block: block as u32, grid: grid as u32, vec, chunks }))
 }
 
 #[cfg(test)]
@@ -486,9 +559,57 @@ mod tests {
     }
 
     #[test]
+    fn warp_kernel_for_few_short_rows() {
+        let p = |r: &Request| plan(r).unwrap().unwrap();
+        for (rows, hidden, block, grid) in [(1, 128, 32, 1), (8, 128, 256, 1), (9, 256, 256, 2), (2048, 128, 256, 256), (512, 64, 256, 64)]
+        {
+            let a = p(&req(rows, hidden));
+            assert_eq!((a.kind, a.block, a.grid, a.log2_group, a.rows_per_thread), (Kind::WarpHf, block, grid, 5, 1), "{rows}x{hidden}");
+        }
+        let mut r = req(3, 128);
+        r.norm = Norm::fp32(1e-6);
+        assert_eq!(p(&r).kind, Kind::WarpFp32);
+        r.norm = Norm::gemma(1e-6);
+        assert_eq!(p(&r).kind, Kind::WarpGemma);
+        // f32: 32 chunks at hidden 128.
+        let mut r = req(1, 128);
+        r.elem = 4;
+        r.weight_elem = 4;
+        assert_eq!(p(&r).kind, Kind::WarpHf);
+        // Not: more rows, longer rows, fused, the element-wise path.
+        assert_ne!(p(&req(2049, 128)).kind, Kind::WarpHf);
+        assert_ne!(p(&req(513, 64)).kind, Kind::WarpHf);
+        assert_ne!(p(&req(1, 264)).kind, Kind::WarpHf);
+        let mut r = req(1, 128);
+        r.residual = Some(Buf { ptr: 0x4000_0000, len: 128 });
+        assert_eq!(p(&r).kind, Kind::Rows1);
+        let mut r = req(1, 128);
+        r.x.ptr += 2;
+        assert_eq!(p(&r).kind, Kind::Rows1Late);
+        // Forced: the warp variant runs as Rows1 with a warp per row on the element-wise path;
+        // it is refused where it cannot run.
+        let warp = Variant { log2_group: 5, chunks_per_thread: 1, rows_per_thread: 1, scalar: false, warp: true };
+        let mut r = req(64, 128);
+        r.force = Some(warp);
+        assert_eq!(p(&r).kind, Kind::WarpHf);
+        r.x.ptr += 2;
+        let a = p(&r);
+        assert_eq!((a.kind, a.log2_group, a.vec), (Kind::Rows1, 5, false));
+        let mut r = req(4, 264);
+        r.force = Some(warp);
+        assert!(err(&r).contains("at most 32 chunks"));
+        let mut r = req(4, 128);
+        r.force = Some(Variant { log2_group: 4, ..warp });
+        assert!(err(&r).contains("log2_group 5"));
+    }
+
+    #[test]
     fn late_trigger_policy() {
+        // The element-wise path (a misaligned x): the vector path of these sizes runs the
+        // warp-per-row kernel.
         let late = |rows: usize, hidden: usize, fused: bool| {
             let mut r = req(rows, hidden);
+            r.x.ptr += 2;
             if fused {
                 r.residual = Some(Buf { ptr: 0x4000_0000, len: rows * hidden });
             }
@@ -503,6 +624,7 @@ mod tests {
         assert!(late(8, 128, false) && late(4, 256, false));
         for (rows, hidden, block) in [(8, 128, 256), (4, 256, 256), (16, 64, 128), (9, 128, 128), (16, 128, 128), (8, 128, 128)] {
             let mut r = req(rows, hidden);
+            r.x.ptr += 2;
             if block == 128 && rows == 8 {
                 r.residual = Some(Buf { ptr: 0x4000_0000, len: rows * hidden });
             }
@@ -566,9 +688,9 @@ mod tests {
         assert_eq!((a.kind, a.block, a.grid, a.rows_per_thread), (Kind::Rows2Plain, 256, 2048, 1));
         let a = p(8192, 4096);
         assert_eq!((a.kind, a.block, a.grid, a.rows_per_thread), (Kind::Rows2x2Plain, 256, 4096, 2));
-        // One row of 128: a whole 128-thread CTA all the same (eight rows' worth of lanes).
+        // Up to 2048 rows of 128: a warp per row (one 32-thread CTA for one row).
         let a = p(1, 128);
-        assert_eq!((a.block, a.grid), (128, 1));
+        assert_eq!((a.kind, a.block, a.grid), (Kind::WarpHf, 32, 1));
         // 512 / 1024: a CTA per row of one chunk per thread and as many idle threads up to 128
         // rows, 1024 also with no idle threads up to 2048 rows; else a warp per row, 2 / 4 chunks
         // a lane, 4 rows per CTA. The fused op keeps the warp per row.
@@ -621,7 +743,7 @@ mod tests {
     fn forced_variants_are_checked() {
         let mut r = req(4, 4096); // 512 chunks
         let v = |log2_group, chunks_per_thread, rows_per_thread, scalar| {
-            Some(Variant { log2_group, chunks_per_thread, rows_per_thread, scalar })
+            Some(Variant { log2_group, chunks_per_thread, rows_per_thread, scalar, warp: false })
         };
         r.force = v(5, 4, 1, false);
         assert!(err(&r).contains("cannot hold 512 chunks"));

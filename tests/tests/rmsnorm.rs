@@ -331,11 +331,10 @@ fn alloc() -> anyhow::Result<()> {
 /// op reads that output, an in-place norm reads the fused op's. Without the waits, the early
 /// launched consumers would read stale data. At 2048 rows (32 MiB of f32 rows) the unfused
 /// launches take the plain-load kernels (`Kind::plain_loads`), at 512 rows the `no_allocate` ones.
-fn pdl_chain(rows: usize) -> anyhow::Result<()> {
+fn pdl_chain(rows: usize, hidden: usize) -> anyhow::Result<()> {
     with_seed(|s| {
         let rt = rt()?;
         anyhow::ensure!(rt.pdl_enabled(), "PDL must be enabled on cc >= 9.0 (KILN_PDL unset)");
-        let hidden = 4096;
         let n = rows * hidden;
         let shape = Shape::new(rows, hidden);
         let mut rng = Rng::new(s);
@@ -385,8 +384,10 @@ fn main() {
     t.push(trial("t2::rmsnorm::discriminators", g, discriminators));
     t.push(trial("t2::rmsnorm::empty_and_errors", g, empty_and_errors));
     t.push(trial("t2::rmsnorm::alloc", g, alloc));
-    t.push(trial("t2::rmsnorm::pdl_chain_slow_producer", g, || pdl_chain(512)));
-    t.push(trial("t2::rmsnorm::pdl_chain_slow_producer_plain_loads", g, || pdl_chain(2048)));
+    t.push(trial("t2::rmsnorm::pdl_chain_slow_producer", g, || pdl_chain(512, 4096)));
+    t.push(trial("t2::rmsnorm::pdl_chain_slow_producer_plain_loads", g, || pdl_chain(2048, 4096)));
+    // f32 rows of 128 (32 chunks): the unfused launches run the warp-per-row kernel.
+    t.push(trial("t2::rmsnorm::pdl_chain_slow_producer_warp_rows", g, || pdl_chain(9, 128)));
     for h in HIDDEN {
         t.push(trial(format!("t2::rmsnorm::grid::bf16::h{h}"), g, move || grid::<bf16>(h)));
         t.push(trial(format!("t2::rmsnorm::grid::f16::h{h}"), g, move || grid::<f16>(h)));
