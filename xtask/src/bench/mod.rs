@@ -5,6 +5,7 @@
 //! a fresh process, host µs per launch).
 
 pub mod activation;
+pub mod floor;
 pub mod mxfp8;
 pub mod mxfp8_gemm;
 pub mod rmsnorm;
@@ -237,7 +238,7 @@ pub fn run(ops: &[String], quick: bool, out: Option<&std::path::Path>) -> anyhow
     let want = |o: &str| ops.is_empty() || ops.iter().any(|x| x == o);
     type Group = fn(&mut Ctx) -> anyhow::Result<()>;
     // (group, the --ops names that select it): `mxfp8` runs both halves of issue 6/7.
-    let groups: [(&str, &[&str], Group); 7] = [
+    let groups: [(&str, &[&str], Group); 8] = [
         ("copy", &[], copy),
         ("runtime", &["runtime"], runtime_costs::run),
         ("activation", &["activation"], activation::run),
@@ -245,10 +246,13 @@ pub fn run(ops: &[String], quick: bool, out: Option<&std::path::Path>) -> anyhow
         ("rope", &["rope"], rope::run),
         ("mxfp8-quant", &["mxfp8", "mxfp8-quant"], mxfp8::run),
         ("mxfp8-gemm", &["mxfp8", "mxfp8-gemm"], mxfp8_gemm::run),
+        ("floor", &["floor"], floor::run),
     ];
     let mut failed = Vec::new();
     for (name, selectors, g) in groups {
-        if name != "copy" && !selectors.iter().any(|s| want(s)) {
+        // `floor` (240 micro-kernel variants) runs only when asked for by name.
+        let named = ops.iter().any(|o| selectors.contains(&o.as_str()));
+        if name != "copy" && !selectors.iter().any(|s| want(s)) || name == "floor" && !named {
             continue;
         }
         if let Err(e) = g(&mut c) {

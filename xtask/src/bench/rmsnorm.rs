@@ -99,7 +99,8 @@ pub fn run(c: &mut Ctx) -> anyhow::Result<()> {
             let rt = c.rt.clone();
             for v in kiln_rmsnorm::variants(h / 8, false).into_iter().filter(|v| !v.scalar && v.chunks_per_thread != 0) {
                 let us = c.time(sets, |i| kiln_rmsnorm::forced::rms_norm(&rt, &xs[i], &w, &mut outs[i], shape, Norm::hf(1e-6), v))?;
-                let tag = format!("{t}x{h}/g{}k{}r{}", v.log2_group, v.chunks_per_thread, v.rows_per_thread);
+                let tag =
+                    format!("{t}x{h}/g{}k{}r{}{}", v.log2_group, v.chunks_per_thread, v.rows_per_thread, if v.warp { "w" } else { "" });
                 c.record("rmsnorm_hf.sweep", &tag, us, bytes as f64, None)?;
             }
         }
