@@ -37,7 +37,9 @@
 //   or, read before the wait, hint at). Each thread issues all its loads before the first use.
 // Kernels (the host's choice; the same results): act_and_mul_kernel (every launch),
 //   act_and_mul_wide_kernel for unfiltered vector-path silu / gelu_tanh launches in the default
-//   rounding on 16-bit types (no filter code, the arithmetic of a unit in two phases), and
+//   rounding on 16-bit types (no filter code, the arithmetic of a unit in two phases),
+//   act_and_mul_filtered_kernel for the general kernel's filtered vector-path launches with the
+//   expert filter, the default rounding and PDL (its flags fixed at compile time), and
 //   act_and_mul_tiled_kernel for filtered vector-path launches of many blocks (several rows per
 //   block, the kept ones found by a ballot).
 
@@ -88,6 +90,14 @@ struct Params {
                                       // the first wave, in the tiled kernel its first 1 / tile)
                                       // that prefetch kept or hinted rows
 };
+
+// The launch's flags: p.flags, or with kFixed ≠ kRuntimeFlags that constant (the filtered
+// kernel's instantiations: its branches then fold away at compile time).
+enum : int { kRuntimeFlags = -1 };
+template <int kFixed>
+KILN_DEVICE int flags_of(const Params& p) {
+  return kFixed == kRuntimeFlags ? p.flags : kFixed;
+}
 
 // The block's linear index in dispatch order (x fastest).
 KILN_DEVICE long long block_linear() {
@@ -172,17 +182,18 @@ KILN_DEVICE int load_id(const int* ptr) {
 // Whether the row filter drops `row` (its ids are read here: after the PDL wait, or before it with
 // kIdsEarly; kHint: see row_hinted). All reads are issued before any is used; every index is in
 // bounds (host-checked).
-template <bool kHint = false>
+template <bool kHint = false, int kFixed = kRuntimeFlags>
 KILN_DEVICE bool row_skipped(const Params& p, long long row) {
+  const int flags = flags_of<kFixed>(p);
   int expert = 0, token = 0, post_padded = 0;
-  if (p.flags & kFilterExpert) expert = load_id<kHint>(p.expert_ids + static_cast<unsigned>(row) / p.expert_step);
-  if (p.flags & kFilterSorted) {
+  if (flags & kFilterExpert) expert = load_id<kHint>(p.expert_ids + static_cast<unsigned>(row) / p.expert_step);
+  if (flags & kFilterSorted) {
     token = load_id<kHint>(p.sorted_token_ids + row);
     post_padded = load_id<kHint>(p.num_tokens_post_padded);
   }
   bool skip = false;
-  if (p.flags & kFilterExpert) skip = expert == -1;
-  if (p.flags & kFilterSorted) skip = skip || row >= post_padded || token >= p.num_valid_tokens;
+  if (flags & kFilterExpert) skip = expert == -1;
+  if (flags & kFilterSorted) skip = skip || row >= post_padded || token >= p.num_valid_tokens;
   return skip;
 }
 
@@ -196,8 +207,9 @@ KILN_DEVICE bool row_skipped(const Params& p, long long row) {
 // on the H100 (S10-2, silu bf16, twice each, alternating): skip 0 % 128×8192 2.60 → 2.04 µs,
 // 512×8192 5.81 → 5.02, 2048×8192 18.61 → 18.25; skip 50 % 512×8192 3.96 → 3.13; skip 90 %
 // 512×8192 1.93 → 2.12 (a skipped row's second id load); details in plan.rs.
+template <int kFixed = kRuntimeFlags>
 KILN_DEVICE bool row_hinted(const Params& p, long long row) {
-  return !row_skipped<true>(p, row);
+  return !row_skipped<true, kFixed>(p, row);
 }
 
 // Warms L2 with this block's share of `row` (gate and up) before the PDL wait, while the
@@ -260,7 +272,7 @@ KILN_DEVICE void unit(kiln::Vec<T, N>& r, const kiln::Vec<T, N>& g, const kiln::
 // for early-trigger launches leaves it out, because the trigger's memory clobber also pins the
 // compiler's schedule (measured on the H100, S5-4: without it 2048×8192 18.08 → 17.91 µs,
 // 128×28672 4.54 → 4.27).
-template <typename T, int N, int kPer, int kAct, bool kRound, bool kPdl, bool kLoadTrigger, bool kWide = false>
+template <typename T, int N, int kPer, int kAct, bool kRound, bool kPdl, bool kLoadTrigger, bool kWide = false, int kFixed = kRuntimeFlags>
 KILN_DEVICE void row_chunk(const Params& p, long long row) {
   using V = kiln::Vec<T, N>;
   const long long units = static_cast<long long>(static_cast<unsigned long long>(p.d) / N);
@@ -280,7 +292,7 @@ KILN_DEVICE void row_chunk(const Params& p, long long row) {
     }
   }
   if constexpr (kLoadTrigger) {
-    if (!(p.flags & kEarlyTrigger)) kiln::pdl_launch_dependents<kPdl>();
+    if (!(flags_of<kFixed>(p) & kEarlyTrigger)) kiln::pdl_launch_dependents<kPdl>();
   }
 #pragma unroll
   for (int j = 0; j < kPer; ++j) {
@@ -297,14 +309,15 @@ KILN_DEVICE void row_chunk(const Params& p, long long row) {
 
 // The kernels' body. kWide (act_and_mul_wide_kernel): unfiltered vector-path launches only, with
 // the denominators of all N elements of a unit first.
-template <typename T, int kAct, bool kRound, bool kPdl, bool kWide>
+template <typename T, int kAct, bool kRound, bool kPdl, bool kWide, int kFixed = kiln_act::kRuntimeFlags>
 KILN_DEVICE void act_body(const kiln_act::Params& p) {
+  const int flags = kiln_act::flags_of<kFixed>(p);
   const long long row = (static_cast<long long>(blockIdx.z) * gridDim.y + blockIdx.y) * blockDim.y + threadIdx.y;
   if constexpr (kPdl) {
-    if ((p.flags & kiln_act::kPrefetch) && row < p.rows && threadIdx.x == 0 &&
-        (kWide || !(p.flags & (kiln_act::kFilterExpert | kiln_act::kFilterSorted)) ||
-         (kiln_act::block_linear() < p.hint_blocks && kiln_act::row_hinted(p, row)))) {
-      if (p.flags & kiln_act::kHalfVector) {
+    if ((flags & kiln_act::kPrefetch) && row < p.rows && threadIdx.x == 0 &&
+        (kWide || !(flags & (kiln_act::kFilterExpert | kiln_act::kFilterSorted)) ||
+         (kiln_act::block_linear() < p.hint_blocks && kiln_act::row_hinted<kFixed>(p, row)))) {
+      if (flags & kiln_act::kHalfVector) {
         kiln_act::prefetch_l2<T, kiln::kVec16<T> / 2>(p, row);
       } else {
         kiln_act::prefetch_l2<T, kiln::kVec16<T>>(p, row);
@@ -314,22 +327,22 @@ KILN_DEVICE void act_body(const kiln_act::Params& p) {
   // Before the first read: the input and the ids may be the predecessor's output, and `out`
   // may still be read by it.
   kiln::pdl_wait<kPdl>();
-  if (p.flags & kiln_act::kEarlyTrigger) kiln::pdl_launch_dependents<kPdl>();
+  if (flags & kiln_act::kEarlyTrigger) kiln::pdl_launch_dependents<kPdl>();
   if (row >= p.rows) return;
   if constexpr (!kWide) {
-    if ((p.flags & (kiln_act::kFilterExpert | kiln_act::kFilterSorted)) && kiln_act::row_skipped(p, row)) return;
+    if ((flags & (kiln_act::kFilterExpert | kiln_act::kFilterSorted)) && kiln_act::row_skipped<false, kFixed>(p, row)) return;
   }
   // Half vectors are for inputs under 64 KiB only, so never with kEarlyTrigger.
-  if (p.flags & kiln_act::kHalfVector) {
-    kiln_act::row_chunk<T, kiln::kVec16<T> / 2, kiln_act::kVecPer, kAct, kRound, kPdl, true, kWide>(p, row);
-  } else if (kWide || (p.flags & kiln_act::kVectorPath)) {
-    if (p.flags & kiln_act::kEarlyTrigger) {
-      kiln_act::row_chunk<T, kiln::kVec16<T>, kiln_act::kVecPer, kAct, kRound, kPdl, false, kWide>(p, row);
+  if (flags & kiln_act::kHalfVector) {
+    kiln_act::row_chunk<T, kiln::kVec16<T> / 2, kiln_act::kVecPer, kAct, kRound, kPdl, true, kWide, kFixed>(p, row);
+  } else if (kWide || (flags & kiln_act::kVectorPath)) {
+    if (flags & kiln_act::kEarlyTrigger) {
+      kiln_act::row_chunk<T, kiln::kVec16<T>, kiln_act::kVecPer, kAct, kRound, kPdl, false, kWide, kFixed>(p, row);
     } else {
-      kiln_act::row_chunk<T, kiln::kVec16<T>, kiln_act::kVecPer, kAct, kRound, kPdl, true, kWide>(p, row);
+      kiln_act::row_chunk<T, kiln::kVec16<T>, kiln_act::kVecPer, kAct, kRound, kPdl, true, kWide, kFixed>(p, row);
     }
   } else {
-    kiln_act::row_chunk<T, 1, kiln_act::kScalarPer, kAct, kRound, kPdl, true>(p, row);
+    kiln_act::row_chunk<T, 1, kiln_act::kScalarPer, kAct, kRound, kPdl, true, false, kFixed>(p, row);
   }
 }
 
@@ -349,6 +362,21 @@ template <typename T, int kAct, bool kPdl>
 __global__ void __launch_bounds__(kiln_act::kThreads) act_and_mul_wide_kernel(const kiln_act::Params p) {
   static_assert(kiln_act::kTwoPhase<kAct> && sizeof(T) == 2, "silu / gelu_tanh on 16-bit types");
   act_body<T, kAct, false, kPdl, true>(p);
+}
+
+// Filtered 16-byte-vector launches of the general kernel's grids with the expert filter alone,
+// the default rounding and PDL (the host's choice, see filtered_fixed_flags in plan.rs): the
+// general kernel's body with the launch's flags as a compile-time constant — vector path, expert
+// filter, id hints and L2 prefetch of the first wave, and the PDL release right after the wait
+// (kEarly) or once the loads are issued — so that no flag branch sits between the wait and the
+// loads. Measured on the H100 (S12-17, silu bf16, µs, general kernel → flags fixed at compile
+// time, skip 0 / 50 / 90 %): 32×8192 1.46 / 1.24 / 1.21 → 1.38 / 1.18 / 1.16, 128×8192 2.04 /
+// 1.73 / 1.35 → 1.96 / 1.61 / 1.31, 32×28672 1.94 / 1.67 / 1.28 → 1.87 / 1.56 / 1.19, 128×28672
+// 4.53 / 2.90 / 1.93 → 4.60 / 2.86 / 1.76, 512×8192 4.99 / 3.11 / 2.10 → 5.00 / 3.06 / 1.86.
+template <typename T, int kAct, bool kEarly>
+__global__ void __launch_bounds__(kiln_act::kThreads) act_and_mul_filtered_kernel(const kiln_act::Params p) {
+  constexpr int kFlags = kiln_act::kVectorPath | kiln_act::kFilterExpert | kiln_act::kPrefetch | (kEarly ? kiln_act::kEarlyTrigger : 0);
+  act_body<T, kAct, false, true, false, kFlags>(p);
 }
 
 // Filtered vector-path launches whose thread rows are whole warps (tx ≥ 32; the host's choice

@@ -5,8 +5,8 @@ use kiln_runtime::cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, SyncOnDro
 use kiln_runtime::{Error, Result, Runtime};
 
 use crate::plan::{
-    Plan, disjoint, filter_tile, first_wave_prefetch, hinted_flags, launch_config, prefetch_blocks, tiled_flags, tiled_geometry,
-    vector_path, wide_allowed,
+    Plan, disjoint, filter_tile, filtered_fixed, first_wave_prefetch, hinted_flags, launch_config, prefetch_blocks, tiled_flags,
+    tiled_geometry, vector_path, wide_allowed,
 };
 use crate::{Float, Kernels, Options};
 
@@ -71,16 +71,21 @@ pub(crate) fn launch<T: Float>(
     // The wide kernel has no filter and no element-wise path: only unfiltered vector launches.
     // Filtered vector launches of many blocks take the tiled kernel (see `filter_tile`).
     let tiled = filter_tile(flags, &cfg, plan);
-    let spec = match (kernels.wide, tiled) {
-        (Some(w), _) if wide_allowed(flags) => w,
+    let (spec, general) = match (kernels.wide, tiled) {
+        (Some(w), _) if wide_allowed(flags) => (w, false),
         (_, Some(tile)) => {
             cfg = tiled_geometry(&cfg, plan.rows, tile);
             flags = tiled_flags(plan, flags);
-            kernels.tiled
+            (kernels.tiled, false)
         }
-        _ => kernels.general,
+        _ => (kernels.general, true),
     };
     flags = hinted_flags(plan, flags);
+    // The general kernel's body with exactly these flags fixed at compile time, where it exists.
+    let spec = match (general, kernels.filtered, filtered_fixed(flags)) {
+        (true, Some(f), Some(early)) => f[early as usize],
+        _ => spec,
+    };
     let kernel = rt.kernel(spec)?;
     let hint_blocks = if first_wave_prefetch(plan, flags) {
         let threads = cfg.block.0 * cfg.block.1 * cfg.block.2;
@@ -120,6 +125,9 @@ pub(crate) fn launch<T: Float>(
     // the wait only choose which rows are prefetched (or, with FLAG_IDS_EARLY, computed: the
     // caller's promise), with the same in-bounds indices as after the wait. The wide kernel
     // (which trusts FLAG_VECTOR and reads no ids) runs only with FLAG_VECTOR and no filter flag,
+    // the filtered kernel (which takes its flags as compile-time constants) only where
+    // `filtered_fixed` found the launch's flags equal to one of its instantiations' (FLAG_VECTOR
+    // and FLAG_EXPERT included, no other filter flag), on the general kernel's grid,
     // and the tiled kernel (which trusts FLAG_VECTOR too, and that a warp lies in one thread row)
     // only where `filter_tile` found FLAG_VECTOR, a filter and blockDim.x ≥ 32, with
     // `tiled_geometry` covering every row with tile ≤ 32 rows per thread row. The buffers are

@@ -360,8 +360,17 @@ fn tiled_index(dt: DtypeId, act: Activation, rounding: Rounding, pdl: bool) -> u
     GENERAL_SPECS + WIDE_SPECS + spec_index(dt, act, rounding, pdl)
 }
 
+/// The filtered kernel (`act_and_mul_filtered_kernel`: the general kernel's body with the flags
+/// of a default-rounding PDL launch with the expert filter fixed, see activation.cuh) for
+/// releasing dependents right after the wait (`early`) or not: its index in `SPECS`, after the
+/// tiled kernels.
+fn filtered_index(dt: DtypeId, act: Activation, early: bool) -> usize {
+    2 * GENERAL_SPECS + WIDE_SPECS + (dtype_index(dt) * 3 + act.index()) * 2 + early as usize
+}
+
 /// Specs of the general kernel (dtype × activation × rounding × PDL); the wide ones follow, then
-/// the tiled ones (as many as the general).
+/// the tiled ones (as many as the general), then the filtered ones (dtype × activation × early
+/// release).
 const GENERAL_SPECS: usize = 36;
 const WIDE_SPECS: usize = 8;
 const WIDE_DTYPES: [DtypeId; 2] = [DtypeId::F16, DtypeId::Bf16];
@@ -391,13 +400,25 @@ static SPECS: LazyLock<Vec<KernelSpec>> = LazyLock::new(|| {
         }
     }
     v.extend(general_keys().map(|(dt, act, rounding, pdl)| make_spec(dt, act, rounding, pdl, true)));
+    for dt in DTYPES {
+        for act in Activation::ALL {
+            for early in [false, true] {
+                debug_assert_eq!(v.len(), filtered_index(dt, act, early));
+                let expr = template_expr("act_and_mul_filtered_kernel", &[dt.into(), TemplateArg::Int(act.index() as i64), early.into()]);
+                let name = format!("{}__{}__filtered{}__pdl", act.op(), dt.tag(), if early { "_early" } else { "" });
+                v.push(KernelSpec::new(name, &SOURCE, expr).pdl(true).math(MathPolicy::ArchDefault));
+            }
+        }
+    }
     v
 });
 
 /// Every kernel instantiation of this crate (for prewarm, snapshots and [`Runtime::preload`]):
 /// the general kernel (dtype × activation × rounding × PDL), the wide kernels of unfiltered silu /
-/// gelu_tanh launches (f16, bf16 × PDL) and the tiled kernels of filtered launches (as many as the
-/// general). Preload all of them before capturing a CUDA graph.
+/// gelu_tanh launches (f16, bf16 × PDL), the tiled kernels of filtered launches (as many as the
+/// general) and the filtered kernels of the general kernel's default-rounding PDL launches with
+/// the expert filter (dtype × activation × when dependents are released). Preload all of them
+/// before capturing a CUDA graph.
 pub fn kernel_specs() -> Vec<KernelSpec> {
     SPECS.clone()
 }
@@ -422,11 +443,19 @@ pub fn tiled_spec_for<T: Float>(rt: &Runtime, act: Activation, rounding: Roundin
     &SPECS[tiled_index(T::ID, act, rounding, rt.pdl_enabled())]
 }
 
+/// The filtered kernels (released late, early) that default-rounding, expert-filtered,
+/// 16-byte-aligned calls with these settings launch on `rt` instead of the general kernel, if
+/// there are: with PDL enabled only.
+pub fn filtered_specs_for<T: Float>(rt: &Runtime, act: Activation, rounding: Rounding) -> Option<[&'static KernelSpec; 2]> {
+    (rounding == Rounding::Once && rt.pdl_enabled()).then(|| [false, true].map(|early| &SPECS[filtered_index(T::ID, act, early)]))
+}
+
 /// The kernels one call may launch (the choice depends on pointers and sizes).
 pub(crate) struct Kernels {
     pub(crate) general: &'static KernelSpec,
     pub(crate) wide: Option<&'static KernelSpec>,
     pub(crate) tiled: &'static KernelSpec,
+    pub(crate) filtered: Option<[&'static KernelSpec; 2]>,
 }
 
 fn kernels_for<T: Float>(rt: &Runtime, act: Activation, rounding: Rounding) -> Kernels {
@@ -434,6 +463,7 @@ fn kernels_for<T: Float>(rt: &Runtime, act: Activation, rounding: Rounding) -> K
         general: spec_for::<T>(rt, act, rounding),
         wide: wide_spec_for::<T>(rt, act, rounding),
         tiled: tiled_spec_for::<T>(rt, act, rounding),
+        filtered: filtered_specs_for::<T>(rt, act, rounding),
     }
 }
 

@@ -273,6 +273,21 @@ pub(crate) fn hinted_flags(plan: &Plan, flags: i32) -> i32 {
     if filtered_vector && flags & FLAG_IDS_EARLY == 0 { flags | FLAG_PREFETCH } else { flags }
 }
 
+/// Whether a launch of the general kernel with these final kernel flags may run the filtered
+/// kernel instead (`act_and_mul_filtered_kernel`, whose flags are compile-time constants: they
+/// must equal the launch's exactly), and which of its two instantiations: `Some(early)` for a
+/// 16-byte-vector launch with the expert filter alone and id hints ([`hinted_flags`]), releasing
+/// its dependents right after the wait (`early`) or once its loads are issued. The caller also
+/// needs the default rounding and PDL (the kernel is instantiated for those only).
+pub(crate) fn filtered_fixed(flags: i32) -> Option<bool> {
+    const BASE: i32 = FLAG_VECTOR | FLAG_EXPERT | FLAG_PREFETCH;
+    match flags {
+        BASE => Some(false),
+        f if f == BASE | FLAG_EARLY_TRIGGER => Some(true),
+        _ => None,
+    }
+}
+
 /// Whether a filtered launch with these kernel flags prefetches the rows of its first wave only:
 /// the kept rows ([`tiled_flags`], ids before the wait) or those the ids hint at
 /// ([`hinted_flags`]). Its `Params::hint_blocks` is then [`prefetch_blocks`]; otherwise

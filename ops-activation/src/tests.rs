@@ -252,7 +252,7 @@ fn overlapping_buffers_are_rejected() {
 #[test]
 fn spec_table_is_complete_and_indexed() {
     let specs = kernel_specs();
-    assert_eq!(specs.len(), GENERAL_SPECS + WIDE_SPECS + GENERAL_SPECS);
+    assert_eq!(specs.len(), GENERAL_SPECS + WIDE_SPECS + GENERAL_SPECS + 18);
     let mut names = std::collections::HashSet::new();
     for dt in DTYPES {
         for act in Activation::ALL {
@@ -304,6 +304,17 @@ fn spec_table_is_complete_and_indexed() {
             }
         }
     }
+    for dt in DTYPES {
+        for act in Activation::ALL {
+            for early in [false, true] {
+                let s = &specs[filtered_index(dt, act, early)];
+                assert!(names.insert(s.name().to_string()));
+                assert_eq!((s.is_pdl(), s.math_policy()), (true, MathPolicy::ArchDefault));
+                assert_eq!(s.expr(), format!("act_and_mul_filtered_kernel<{}, {}, {early}>", dt.cpp(), act as usize));
+            }
+        }
+    }
+    assert_eq!(specs[filtered_index(DtypeId::Bf16, Activation::Silu, true)].name(), "silu_and_mul__bf16__filtered_early__pdl");
     assert_eq!(names.len(), specs.len());
     assert_eq!(specs[tiled_index(DtypeId::Bf16, Activation::Silu, Rounding::Once, true)].name(), "silu_and_mul__bf16__tiled__pdl");
     assert_eq!(
@@ -438,4 +449,19 @@ fn prefetch_budget_is_the_general_kernels_first_wave_in_rows() {
     // Never zero blocks, never past i32.
     assert_eq!(prefetch_blocks(7, Some(32)), 1);
     assert_eq!(prefetch_blocks(u32::MAX, None), i32::MAX);
+}
+
+#[test]
+fn filtered_kernel_takes_exactly_its_flags() {
+    let base = FLAG_VECTOR | FLAG_EXPERT | FLAG_PREFETCH;
+    assert_eq!(filtered_fixed(base), Some(false));
+    assert_eq!(filtered_fixed(base | FLAG_EARLY_TRIGGER), Some(true));
+    // Anything else: the general kernel.
+    for extra in [FLAG_SORTED, FLAG_HALF_VECTOR, FLAG_IDS_EARLY] {
+        assert_eq!(filtered_fixed(base | extra), None, "{extra}");
+        assert_eq!(filtered_fixed(base | FLAG_EARLY_TRIGGER | extra), None, "{extra}");
+    }
+    assert_eq!(filtered_fixed(FLAG_VECTOR | FLAG_EXPERT | FLAG_EARLY_TRIGGER), None, "no hints");
+    assert_eq!(filtered_fixed(FLAG_EXPERT | FLAG_PREFETCH), None, "element-wise");
+    assert_eq!(filtered_fixed(FLAG_VECTOR | FLAG_PREFETCH | FLAG_EARLY_TRIGGER), None, "unfiltered");
 }
