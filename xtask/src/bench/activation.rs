@@ -6,7 +6,9 @@
 //! `xtask/peers/sglang_filtered.py`; bytes count only the rows computed).
 
 use half::bf16;
-use kiln_activation::{Activation, Options, Rounding, Shape, act_and_mul, act_and_mul_with, spec_for, tiled_spec_for, wide_spec_for};
+use kiln_activation::{
+    Activation, Options, Rounding, Shape, act_and_mul, act_and_mul_with, filtered_specs_for, spec_for, tiled_spec_for, wide_spec_for,
+};
 use kiln_runtime::cudarc::driver::CudaSlice;
 
 use kiln_tests::data::Rng;
@@ -61,6 +63,7 @@ pub fn run(c: &mut Ctx) -> anyhow::Result<()> {
         specs.push(spec_for::<bf16>(&rt, act, Rounding::Once).clone());
         specs.extend(wide_spec_for::<bf16>(&rt, act, Rounding::Once).cloned());
         specs.push(tiled_spec_for::<bf16>(&rt, act, Rounding::Once).clone());
+        specs.extend(filtered_specs_for::<bf16>(&rt, act, Rounding::Once).into_iter().flatten().cloned());
     }
     rt.preload(&specs)?;
     let tokens: &[usize] = if c.quick { &[1, 32, 256, 2048, 8192] } else { &[1, 8, 32, 128, 512, 2048, 8192, 16384] };
