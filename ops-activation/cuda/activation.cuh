@@ -365,7 +365,7 @@ __global__ void __launch_bounds__(kiln_act::kThreads) act_and_mul_wide_kernel(co
 }
 
 // Filtered 16-byte-vector launches of the general kernel's grids with the expert filter alone,
-// the default rounding and PDL (the host's choice, see filtered_fixed_flags in plan.rs): the
+// the default rounding and PDL (the host's choice, see filtered_fixed in plan.rs): the
 // general kernel's body with the launch's flags as a compile-time constant — vector path, expert
 // filter, id hints and L2 prefetch of the first wave, and the PDL release right after the wait
 // (kEarly) or once the loads are issued — so that no flag branch sits between the wait and the

@@ -513,7 +513,7 @@ __global__ void __launch_bounds__(Bounds<T, W, kK, kRows, kFused>::kThreads, Bou
 }
 
 // ---- Few short rows (the host's choice: unfused vector-path launches of a few rows of at most
-// 32 chunks, see Kind::Warp in plan.rs): a warp per row, lane c holding chunk c (lanes past the
+// 32 chunks, see warp_rows_max in plan.rs): a warp per row, lane c holding chunk c (lanes past the
 // row's chunks add +0 pads to the butterfly: the canonical order), R = 1, CTAs of up to 8 rows.
 // Nothing but the row bounds is decided at run time — no row groups, no vector / element or form
 // branch, no cross-warp step, no shared memory — because in a launch this small every

@@ -198,14 +198,15 @@ fn spec_index(pair: usize, kind: Kind, fused: bool, pdl: bool) -> usize {
 
 fn make_spec(t: DtypeId, w: DtypeId, kind: Kind, fused: bool, pdl: bool) -> KernelSpec {
     let tag = if t == w { t.tag().to_string() } else { format!("{}_w{}", t.tag(), w.tag()) };
-    let warp = kind.warp_form().map(|form| {
-        let name = ["hf", "fp32", "gemma"][form as usize];
-        (format!("warp_{name}"), template_expr("rmsnorm::rmsnorm_warp_rows", &[t.into(), w.into(), TemplateArg::Int(form), pdl.into()]))
-    });
-    let (variant, expr) = match kind.shape() {
-        _ if warp.is_some() => warp.unwrap_or_default(),
-        None => ("stream".to_string(), template_expr("rmsnorm::rmsnorm_rows_stream", &[t.into(), w.into(), fused.into(), pdl.into()])),
-        Some((k, r)) => {
+    let (variant, expr) = match (kind.warp_form(), kind.shape()) {
+        (Some(form), _) => {
+            let name = ["hf", "fp32", "gemma"][form as usize];
+            (format!("warp_{name}"), template_expr("rmsnorm::rmsnorm_warp_rows", &[t.into(), w.into(), TemplateArg::Int(form), pdl.into()]))
+        }
+        (None, None) => {
+            ("stream".to_string(), template_expr("rmsnorm::rmsnorm_rows_stream", &[t.into(), w.into(), fused.into(), pdl.into()]))
+        }
+        (None, Some((k, r))) => {
             let (late, plain) = (kind == Kind::Rows1Late, kind.is_plain());
             let mut args = vec![t.into(), w.into(), TemplateArg::Int(k.into()), TemplateArg::Int(r.into()), fused.into(), pdl.into()];
             if late || plain {

@@ -431,12 +431,15 @@ pub(crate) fn plan(r: &Request) -> Result<Option<Plan>> {
 
     let cp = chunks.next_power_of_two();
     let g = 1usize << var.log2_group;
-    let warp = match r.force {
-        Some(v) => v.warp,
-        None => !fused && chunks <= WARP_MAX_CHUNKS && rows <= warp_rows_max(chunks),
-    };
+    // The warp-per-row kernel runs on the vector path only (a forced warp variant on the
+    // element-wise path takes the register kernel with the same shape).
+    let warp = vec
+        && match r.force {
+            Some(v) => v.warp,
+            None => !fused && chunks <= WARP_MAX_CHUNKS && rows <= warp_rows_max(chunks),
+        };
     let (kind, block, grid, iters_log2, rows_per_thread) = match var.chunks_per_thread {
-        _ if warp && vec => {
+        _ if warp => {
             let per = rows.min(WARP_CTA_ROWS);
             (Kind::warp(r.norm.form), 32 * per, rows.div_ceil(per), 0, 1)
         }
@@ -477,7 +480,7 @@ pub(crate) fn plan(r: &Request) -> Result<Option<Plan>> {
             (kind, block, grid, 0, n as u32)
         }
     };
-    let log2_group = if warp && vec { 5 } else { var.log2_group };
+    let log2_group = if warp { 5 } else { var.log2_group };
     Ok(Some(Plan { kind, log2_group, iters_log2, rows_per_thread, block: block as u32, grid: grid as u32, vec, chunks }))
 }
 
