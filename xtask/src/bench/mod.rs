@@ -235,7 +235,6 @@ pub fn copy(c: &mut Ctx) -> anyhow::Result<()> {
 /// Runs the selected benchmarks. A failing group is reported and the others still run.
 pub fn run(ops: &[String], quick: bool, out: Option<&std::path::Path>) -> anyhow::Result<()> {
     let mut c = Ctx::new(quick, out)?;
-    let want = |o: &str| ops.is_empty() || ops.iter().any(|x| x == o);
     type Group = fn(&mut Ctx) -> anyhow::Result<()>;
     // (group, the --ops names that select it): `mxfp8` runs both halves of issue 6/7.
     let groups: [(&str, &[&str], Group); 8] = [
@@ -250,9 +249,15 @@ pub fn run(ops: &[String], quick: bool, out: Option<&std::path::Path>) -> anyhow
     ];
     let mut failed = Vec::new();
     for (name, selectors, g) in groups {
-        // `floor` (240 micro-kernel variants) runs only when asked for by name.
+        // `copy` always runs; `floor` (240 micro-kernel variants) only when asked for by name;
+        // the others when named or when no --ops is given.
         let named = ops.iter().any(|o| selectors.contains(&o.as_str()));
-        if name != "copy" && !selectors.iter().any(|s| want(s)) || name == "floor" && !named {
+        let selected = match name {
+            "copy" => true,
+            "floor" => named,
+            _ => ops.is_empty() || named,
+        };
+        if !selected {
             continue;
         }
         if let Err(e) = g(&mut c) {
