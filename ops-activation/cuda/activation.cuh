@@ -35,13 +35,20 @@
 //   to 16 MiB prefetch their input into L2 before the wait (flag kPrefetch; filtered vector-path
 //   launches, at every size, prefetch the rows of their first wave of blocks that the ids keep
 //   or, read before the wait, hint at). Each thread issues all its loads before the first use.
+//   Filtered launches of many blocks (flag kReleaseKept, with kEarlyTrigger) release dependents
+//   only once the filter keeps the block's row (after the id load), and skipped blocks or warps
+//   exit without the trigger (an exit counts as one): a trigger right before the exit kept a
+//   skipped block's slot much longer. Measured on the H100 (S13-3…S13-5, silu bf16, general kernel,
+//   µs, skip 0 / 50 / 90 %): 16384×8192 130.3 / 70.8 / 40.2 → 130.3 / 70.7 / 25.3, 16384×28672
+//   456.5 / 245.7 / 140.1 → 457.1 / 246.3 / 101.2. On grids of a wave or so the later release
+//   delays the dependents' start instead (32×8192 skip 50 % 1.18 → 1.41 µs), hence many blocks only.
 // Kernels (the host's choice; the same results): act_and_mul_kernel (every launch),
 //   act_and_mul_wide_kernel for unfiltered vector-path silu / gelu_tanh launches in the default
 //   rounding on 16-bit types (no filter code, the arithmetic of a unit in two phases),
 //   act_and_mul_filtered_kernel for the general kernel's filtered vector-path launches with the
 //   expert filter, the default rounding and PDL (its flags fixed at compile time), and
-//   act_and_mul_tiled_kernel for filtered vector-path launches of many blocks (several rows per
-//   block, the kept ones found by a ballot).
+//   act_and_mul_tiled_kernel for filtered vector-path launches that may read the ids before the
+//   wait, or whose caller forces a tile (several rows per block, the kept ones found by a ballot).
 
 #include <kiln/common.cuh>
 #include <kiln/vec.cuh>
@@ -69,6 +76,7 @@ enum : int {
   kEarlyTrigger = 16,
   kHalfVector = 32,
   kIdsEarly = 64,
+  kReleaseKept = 128,
 };
 
 struct Params {
@@ -327,11 +335,15 @@ KILN_DEVICE void act_body(const kiln_act::Params& p) {
   // Before the first read: the input and the ids may be the predecessor's output, and `out`
   // may still be read by it.
   kiln::pdl_wait<kPdl>();
-  if (flags & kiln_act::kEarlyTrigger) kiln::pdl_launch_dependents<kPdl>();
+  // kReleaseKept (filtered launches of many blocks): dependents are released once the filter
+  // keeps the row, and a skipped block exits without the trigger (its exit counts as one). See
+  // the flag's comment at the top.
+  const bool filtered = !kWide && (flags & (kiln_act::kFilterExpert | kiln_act::kFilterSorted));
+  const bool release_kept = filtered && (flags & kiln_act::kReleaseKept);
+  if ((flags & kiln_act::kEarlyTrigger) && !release_kept) kiln::pdl_launch_dependents<kPdl>();
   if (row >= p.rows) return;
-  if constexpr (!kWide) {
-    if ((flags & (kiln_act::kFilterExpert | kiln_act::kFilterSorted)) && kiln_act::row_skipped<false, kFixed>(p, row)) return;
-  }
+  if (filtered && kiln_act::row_skipped<false, kFixed>(p, row)) return;
+  if ((flags & kiln_act::kEarlyTrigger) && release_kept) kiln::pdl_launch_dependents<kPdl>();
   // Half vectors are for inputs under 64 KiB only, so never with kEarlyTrigger.
   if (flags & kiln_act::kHalfVector) {
     kiln_act::row_chunk<T, kiln::kVec16<T> / 2, kiln_act::kVecPer, kAct, kRound, kPdl, true, kWide, kFixed>(p, row);
@@ -367,15 +379,17 @@ __global__ void __launch_bounds__(kiln_act::kThreads) act_and_mul_wide_kernel(co
 // Filtered 16-byte-vector launches of the general kernel's grids with the expert filter alone,
 // the default rounding and PDL (the host's choice, see filtered_fixed in plan.rs): the
 // general kernel's body with the launch's flags as a compile-time constant — vector path, expert
-// filter, id hints and L2 prefetch of the first wave, and the PDL release right after the wait
-// (kEarly) or once the loads are issued — so that no flag branch sits between the wait and the
-// loads. Measured on the H100 (S12-17, silu bf16, µs, general kernel → flags fixed at compile
+// filter, id hints and L2 prefetch of the first wave, and the PDL release (kRelease: 0 once the
+// loads are issued, 1 right after the wait, 2 once the filter keeps the row, see kReleaseKept) —
+// so that no flag branch sits between the wait and the loads. Measured on the H100 (S12-17, silu bf16, µs, general kernel → flags fixed at compile
 // time, skip 0 / 50 / 90 %): 32×8192 1.46 / 1.24 / 1.21 → 1.38 / 1.18 / 1.16, 128×8192 2.04 /
 // 1.73 / 1.35 → 1.96 / 1.61 / 1.31, 32×28672 1.94 / 1.67 / 1.28 → 1.87 / 1.56 / 1.19, 128×28672
 // 4.53 / 2.90 / 1.93 → 4.60 / 2.86 / 1.76, 512×8192 4.99 / 3.11 / 2.10 → 5.00 / 3.06 / 1.86.
-template <typename T, int kAct, bool kEarly>
+template <typename T, int kAct, int kRelease>
 __global__ void __launch_bounds__(kiln_act::kThreads) act_and_mul_filtered_kernel(const kiln_act::Params p) {
-  constexpr int kFlags = kiln_act::kVectorPath | kiln_act::kFilterExpert | kiln_act::kPrefetch | (kEarly ? kiln_act::kEarlyTrigger : 0);
+  static_assert(kRelease >= 0 && kRelease <= 2, "release: 0 after the loads, 1 after the wait, 2 once kept");
+  constexpr int kFlags = kiln_act::kVectorPath | kiln_act::kFilterExpert | kiln_act::kPrefetch |
+                         (kRelease >= 1 ? kiln_act::kEarlyTrigger : 0) | (kRelease == 2 ? kiln_act::kReleaseKept : 0);
   act_body<T, kAct, false, true, false, kFlags>(p);
 }
 
@@ -441,10 +455,13 @@ __global__ void __launch_bounds__(kiln_act::kThreads, kRound ? 6 : 8) act_and_mu
     }
   }
   kiln::pdl_wait<kPdl>();
-  if (p.flags & kEarlyTrigger) kiln::pdl_launch_dependents<kPdl>();
+  const bool release_kept = p.flags & kReleaseKept;
+  if ((p.flags & kEarlyTrigger) && !release_kept) kiln::pdl_launch_dependents<kPdl>();
   if (!(p.flags & kIdsEarly)) kept = kept_rows();
   const long long c = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (!kept || c >= static_cast<long long>(static_cast<unsigned long long>(p.d) / N)) return;
+  // kReleaseKept: warps with no kept row exit without the trigger (see act_body).
+  if ((p.flags & kEarlyTrigger) && release_kept) kiln::pdl_launch_dependents<kPdl>();
   const T* __restrict__ in = static_cast<const T*>(p.in) + first_row * p.in_stride + c * N;
   T* __restrict__ out = static_cast<T*>(p.out) + first_row * p.out_stride + c * N;
   const long long in_step = static_cast<long long>(blockDim.y) * p.in_stride;

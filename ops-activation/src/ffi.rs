@@ -5,8 +5,8 @@ use kiln_runtime::cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, SyncOnDro
 use kiln_runtime::{Error, Result, Runtime};
 
 use crate::plan::{
-    Plan, disjoint, filter_tile, filtered_fixed, first_wave_prefetch, hinted_flags, launch_config, prefetch_blocks, tiled_flags,
-    tiled_geometry, vector_path, wide_allowed,
+    Plan, disjoint, filter_tile, filtered_fixed, first_wave_prefetch, hinted_flags, launch_config, prefetch_blocks, release_kept_flags,
+    tiled_flags, tiled_geometry, vector_path, wide_allowed,
 };
 use crate::{Float, Kernels, Options};
 
@@ -47,7 +47,8 @@ fn ptr_of<'a>(buf: Option<&'a dyn DevicePtr<i32>>, stream: &'a kiln_runtime::cud
 
 /// Launches one of `kernels` for a validated `plan` on the runtime's stream: the wide kernel (no
 /// filter code) for unfiltered vector-path launches, the tiled one for filtered vector-path
-/// launches of many blocks, else the general kernel.
+/// launches that may read the ids before the wait (or force a tile), else the general kernel
+/// (or the filtered kernel: its body with the launch's flags fixed).
 pub(crate) fn launch<T: Float>(
     rt: &Runtime,
     op: &'static str,
@@ -67,9 +68,11 @@ pub(crate) fn launch<T: Float>(
     let (sorted_token_ids, _sorted_guard) = ptr_of(opts.sorted.map(|s| s.sorted_token_ids), stream);
     let (num_tokens_post_padded, _npp_guard) = ptr_of(opts.sorted.map(|s| s.num_tokens_post_padded), stream);
     disjoint(op, in_addr, in_len, out_addr, out_len, elem)?;
-    let (mut cfg, mut flags) = launch_config(plan, vector_path(plan, in_addr, out_addr, elem), elem);
+    let (mut cfg, flags) = launch_config(plan, vector_path(plan, in_addr, out_addr, elem), elem);
+    let mut flags = release_kept_flags(plan, flags, &cfg);
     // The wide kernel has no filter and no element-wise path: only unfiltered vector launches.
-    // Filtered vector launches of many blocks take the tiled kernel (see `filter_tile`).
+    // Filtered vector launches that may read the ids before the wait (or force a tile) take the
+    // tiled kernel (see `filter_tile`).
     let tiled = filter_tile(flags, &cfg, plan);
     let (spec, general) = match (kernels.wide, tiled) {
         (Some(w), _) if wide_allowed(flags) => (w, false),
@@ -83,7 +86,7 @@ pub(crate) fn launch<T: Float>(
     flags = hinted_flags(plan, flags);
     // The general kernel's body with exactly these flags fixed at compile time, where it exists.
     let spec = match (general, kernels.filtered, filtered_fixed(flags)) {
-        (true, Some(f), Some(early)) => f[early as usize],
+        (true, Some(f), Some(release)) => f[release],
         _ => spec,
     };
     let kernel = rt.kernel(spec)?;

@@ -361,16 +361,20 @@ fn tiled_index(dt: DtypeId, act: Activation, rounding: Rounding, pdl: bool) -> u
 }
 
 /// The filtered kernel (`act_and_mul_filtered_kernel`: the general kernel's body with the flags
-/// of a default-rounding PDL launch with the expert filter fixed, see activation.cuh) for
-/// releasing dependents right after the wait (`early`) or not: its index in `SPECS`, after the
-/// tiled kernels.
-fn filtered_index(dt: DtypeId, act: Activation, early: bool) -> usize {
-    2 * GENERAL_SPECS + WIDE_SPECS + (dtype_index(dt) * 3 + act.index()) * 2 + early as usize
+/// of a default-rounding PDL launch with the expert filter fixed, see activation.cuh) that
+/// releases dependents once its loads are issued, right after the wait or once the filter keeps
+/// the row ([`FILTERED_RELEASES`]): its index in `SPECS`, after the tiled kernels.
+fn filtered_index(dt: DtypeId, act: Activation, release: usize) -> usize {
+    2 * GENERAL_SPECS + WIDE_SPECS + (dtype_index(dt) * 3 + act.index()) * FILTERED_RELEASES.len() + release
 }
 
+/// Name suffixes of the filtered kernel's instantiations, in `kRelease` order (see
+/// `plan::filtered_fixed`).
+const FILTERED_RELEASES: [&str; 3] = ["", "_early", "_kept"];
+
 /// Specs of the general kernel (dtype × activation × rounding × PDL); the wide ones follow, then
-/// the tiled ones (as many as the general), then the filtered ones (dtype × activation × early
-/// release).
+/// the tiled ones (as many as the general), then the filtered ones (dtype × activation × when
+/// dependents are released).
 const GENERAL_SPECS: usize = 36;
 const WIDE_SPECS: usize = 8;
 const WIDE_DTYPES: [DtypeId; 2] = [DtypeId::F16, DtypeId::Bf16];
@@ -402,10 +406,11 @@ static SPECS: LazyLock<Vec<KernelSpec>> = LazyLock::new(|| {
     v.extend(general_keys().map(|(dt, act, rounding, pdl)| make_spec(dt, act, rounding, pdl, true)));
     for dt in DTYPES {
         for act in Activation::ALL {
-            for early in [false, true] {
-                debug_assert_eq!(v.len(), filtered_index(dt, act, early));
-                let expr = template_expr("act_and_mul_filtered_kernel", &[dt.into(), TemplateArg::Int(act.index() as i64), early.into()]);
-                let name = format!("{}__{}__filtered{}__pdl", act.op(), dt.tag(), if early { "_early" } else { "" });
+            for (release, suffix) in FILTERED_RELEASES.into_iter().enumerate() {
+                debug_assert_eq!(v.len(), filtered_index(dt, act, release));
+                let args = [dt.into(), TemplateArg::Int(act.index() as i64), TemplateArg::Int(release as i64)];
+                let expr = template_expr("act_and_mul_filtered_kernel", &args);
+                let name = format!("{}__{}__filtered{suffix}__pdl", act.op(), dt.tag());
                 v.push(KernelSpec::new(name, &SOURCE, expr).pdl(true).math(MathPolicy::ArchDefault));
             }
         }
@@ -438,16 +443,17 @@ pub fn wide_spec_for<T: Float>(rt: &Runtime, act: Activation, rounding: Rounding
 
 /// The spec of the tiled kernel that filtered 16-byte-aligned calls with these settings launch on
 /// `rt` when a row spans more than 16 vectors (`d > 256 / size_of::<T>()`: thread rows of whole
-/// warps) and the grid is large or the ids may be read before the wait.
+/// warps) and the ids may be read before the wait ([`Options::ids_before_wait`]) or a tile is
+/// forced ([`Options::filter_tile`]).
 pub fn tiled_spec_for<T: Float>(rt: &Runtime, act: Activation, rounding: Rounding) -> &'static KernelSpec {
     &SPECS[tiled_index(T::ID, act, rounding, rt.pdl_enabled())]
 }
 
-/// The filtered kernels (released late, early) that default-rounding, expert-filtered,
-/// 16-byte-aligned calls with these settings launch on `rt` instead of the general kernel, if
-/// there are: with PDL enabled only.
-pub fn filtered_specs_for<T: Float>(rt: &Runtime, act: Activation, rounding: Rounding) -> Option<[&'static KernelSpec; 2]> {
-    (rounding == Rounding::Once && rt.pdl_enabled()).then(|| [false, true].map(|early| &SPECS[filtered_index(T::ID, act, early)]))
+/// The filtered kernels (dependents released after the loads, right after the wait, once the row
+/// is kept) that default-rounding, expert-filtered, 16-byte-aligned calls with these settings
+/// launch on `rt` instead of the general kernel, if there are: with PDL enabled only.
+pub fn filtered_specs_for<T: Float>(rt: &Runtime, act: Activation, rounding: Rounding) -> Option<[&'static KernelSpec; 3]> {
+    (rounding == Rounding::Once && rt.pdl_enabled()).then(|| [0, 1, 2].map(|release| &SPECS[filtered_index(T::ID, act, release)]))
 }
 
 /// The kernels one call may launch (the choice depends on pointers and sizes).
@@ -455,7 +461,7 @@ pub(crate) struct Kernels {
     pub(crate) general: &'static KernelSpec,
     pub(crate) wide: Option<&'static KernelSpec>,
     pub(crate) tiled: &'static KernelSpec,
-    pub(crate) filtered: Option<[&'static KernelSpec; 2]>,
+    pub(crate) filtered: Option<[&'static KernelSpec; 3]>,
 }
 
 fn kernels_for<T: Float>(rt: &Runtime, act: Activation, rounding: Rounding) -> Kernels {

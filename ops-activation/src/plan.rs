@@ -16,6 +16,7 @@ pub(crate) const FLAG_PREFETCH: i32 = 8;
 pub(crate) const FLAG_EARLY_TRIGGER: i32 = 16;
 pub(crate) const FLAG_HALF_VECTOR: i32 = 32;
 pub(crate) const FLAG_IDS_EARLY: i32 = 64;
+pub(crate) const FLAG_RELEASE_KEPT: i32 = 128;
 /// Inputs below this size make a latency-bound launch: smaller blocks (more SMs issue loads),
 /// and PDL dependents released only once the loads are issued. Measured on H100 (CUDA-graph
 /// replay): releasing them right after the wait costs ~0.25 µs on such launches and gains up
@@ -212,32 +213,51 @@ pub(crate) fn tiled_allowed(flags: i32, cfg: &LaunchConfig) -> bool {
 /// Most rows per thread row of the tiled kernel (one ballot of a warp gathers them).
 pub(crate) const MAX_TILE: u32 = 32;
 /// Filtered launches whose general grid has at least this many blocks (two waves of 8 CTAs on
-/// an H100) run the tiled kernel with [`TILE`] rows per thread row. Measured on the H100 (S7-3,
-/// S7-4, silu bf16, skip 0 / 50 / 90 % of the rows): 8192×8192 66.8 / 37.0 / 20.6 µs → 67.4 /
-/// 35.5 / 11.9 with tile 2, 16384×28672 458 / 250 / 139 → 455 / 233 / 74, 2048×8192 (4096
-/// blocks) 18.2 / 10.1 / 5.6 → 18.8 / 10.9 / 4.2; below 2048 blocks, tiles cost the unskipped
-/// rows more (512×8192 skip 0: 5.8 → 6.1 µs). Larger tiles gain more at skip 90 % (tile 4: 8192×8192
-/// 8.0 µs, 16384×28672 55 µs) but cost skip 0 1–3 %. The threshold was 4096 blocks until session
-/// 11; with the tiled kernel's prefetch budget ([`prefetch_blocks`]) 512×28672 (3584 blocks)
-/// gained more at skip 90 % than it lost at skip 0 / 50 % (S11-3, twice each, alternating, µs,
-/// general → tile 2, SGLang's filtered kernel in the same call): 15.01 / 8.36 / 5.11 → 16.04 /
-/// 9.37 / 3.76 (SGLang 16.06 / 8.97 / 4.12), and with `ids_before_wait` (S11-4) 15.54 / 8.37 /
-/// 4.37 → 15.44 / 8.98 / 2.89. High skip ratios are the common case of a filter: with expert
-/// parallelism over n GPUs a rank skips about (n − 1) / n of the rows.
-pub(crate) const TILED_MIN_BLOCKS: u64 = 2048;
+/// an H100) count as large: they release their dependents once the filter keeps a row
+/// ([`release_kept_flags`]), and with [`Plan::ids_early`] they take the tiled kernel with
+/// [`TILE`] rows per thread row.
+pub(crate) const MANY_BLOCKS: u64 = 2048;
+/// Rows per thread row of the tiled kernel for large `ids_before_wait` launches.
 pub(crate) const TILE: u32 = 2;
 
 /// The tiled kernel's rows per thread row for a launch of `cfg` with these kernel flags, or
-/// `None` for the general kernel: `None` unless [`tiled_allowed`]; else the forced tile, or
-/// [`TILE`] from [`TILED_MIN_BLOCKS`] blocks, with a tile of 1 meaning the general kernel
-/// unless the ids may be read before the wait (only the tiled kernel does that).
+/// `None` for the general kernel: `None` unless [`tiled_allowed`]; else the forced tile, or with
+/// [`Plan::ids_early`] (only the tiled kernel reads the ids before the wait) [`TILE`] from
+/// [`MANY_BLOCKS`] blocks and 1 below. Filtered launches with the ids after the wait (the
+/// default) take the general kernel at every size since session 13: with [`release_kept_flags`]
+/// it is at or ahead of SGLang at every skip ratio, while the tiled kernel's serial rows cost
+/// 1 % at skip 0 from 8192 rows (below SGLang). Measured on the H100 (S13-5, silu bf16, twice
+/// each, SGLang's filtered kernel in the same call; SGLang µs / kiln µs at skip 0 / 50 / 90 %,
+/// tile 2 → general kernel, both releasing dependents once kept): 2048×8192 0.993 / 0.983 /
+/// 1.176 → 1.032 / 1.089 / 1.133, 512×28672 1.022 / 0.993 / 1.190 → 1.046 / 1.095 / 1.130,
+/// 16384×8192 0.989 / 1.043 / 1.303 → 1.008 / 1.010 / 1.094, 16384×28672 0.991 / 1.051 / 1.385
+/// → 1.000 / 1.005 / 1.024. (Session 7's tile sweep, S7-3, and session 11's thresholds, S11-3,
+/// are in docs/PERF.md.)
 pub(crate) fn filter_tile(flags: i32, cfg: &LaunchConfig, plan: &Plan) -> Option<u32> {
     if !tiled_allowed(flags, cfg) {
         return None;
     }
-    let blocks = cfg.grid.0 as u64 * cfg.grid.1 as u64 * cfg.grid.2 as u64;
-    let tile = plan.filter_tile.unwrap_or(if blocks >= TILED_MIN_BLOCKS { TILE } else { 1 });
+    let tile = plan.filter_tile.unwrap_or(if plan.ids_early && blocks(cfg) >= MANY_BLOCKS { TILE } else { 1 });
     (tile > 1 || plan.ids_early).then_some(tile)
+}
+
+fn blocks(cfg: &LaunchConfig) -> u64 {
+    cfg.grid.0 as u64 * cfg.grid.1 as u64 * cfg.grid.2 as u64
+}
+
+/// [`FLAG_RELEASE_KEPT`] for filtered launches that release their dependents right after the wait
+/// ([`FLAG_EARLY_TRIGGER`]) and whose general grid `cfg` has at least [`MANY_BLOCKS`] blocks:
+/// the kernels then release them once the filter keeps the row, and a skipped block (or warp,
+/// in the tiled kernel) exits without the trigger. On the H100 a trigger right before the exit
+/// kept a skipped block's slot far longer: S13-3 (silu bf16, general kernel, twice each, µs,
+/// skip 90 %) 16384×8192 40.1 → 24.5, 16384×28672 140.0 → 101.0, 2048×8192 5.53 → 3.98,
+/// skip 0 within ±0.3 % from 8192 rows. On launches of a wave or so the later release delays the
+/// dependents' start instead: S13-5 (every size) 32×8192 skip 50 % 1.18 → 1.41 µs, skip 90 %
+/// 1.16 → 1.36, 512×8192 skip 90 % 1.83 → 1.87; 2048×8192 skip 0 (4096 blocks) 16.88 → 17.48
+/// is the price above the threshold (SGLang: 18.03).
+pub(crate) fn release_kept_flags(plan: &Plan, flags: i32, cfg: &LaunchConfig) -> i32 {
+    let early = flags & FLAG_EARLY_TRIGGER != 0;
+    if plan.filter_flags != 0 && early && blocks(cfg) >= MANY_BLOCKS { flags | FLAG_RELEASE_KEPT } else { flags }
 }
 
 /// Flags the tiled kernel adds to `flags`: with [`Plan::ids_early`], the ids before the PDL wait
@@ -275,17 +295,14 @@ pub(crate) fn hinted_flags(plan: &Plan, flags: i32) -> i32 {
 
 /// Whether a launch of the general kernel with these final kernel flags may run the filtered
 /// kernel instead (`act_and_mul_filtered_kernel`, whose flags are compile-time constants: they
-/// must equal the launch's exactly), and which of its two instantiations: `Some(early)` for a
-/// 16-byte-vector launch with the expert filter alone and id hints ([`hinted_flags`]), releasing
-/// its dependents right after the wait (`early`) or once its loads are issued. The caller also
-/// needs the default rounding and PDL (the kernel is instantiated for those only).
-pub(crate) fn filtered_fixed(flags: i32) -> Option<bool> {
+/// must equal the launch's exactly), and which of its instantiations (its `kRelease`): a
+/// 16-byte-vector launch with the expert filter alone and id hints ([`hinted_flags`]) that
+/// releases its dependents once its loads are issued (0), right after the wait (1), or once the
+/// filter keeps the row (2, [`release_kept_flags`]). The caller also needs the default rounding
+/// and PDL (the kernel is instantiated for those only).
+pub(crate) fn filtered_fixed(flags: i32) -> Option<usize> {
     const BASE: i32 = FLAG_VECTOR | FLAG_EXPERT | FLAG_PREFETCH;
-    match flags {
-        BASE => Some(false),
-        f if f == BASE | FLAG_EARLY_TRIGGER => Some(true),
-        _ => None,
-    }
+    [BASE, BASE | FLAG_EARLY_TRIGGER, BASE | FLAG_EARLY_TRIGGER | FLAG_RELEASE_KEPT].iter().position(|&f| f == flags)
 }
 
 /// Whether a filtered launch with these kernel flags prefetches the rows of its first wave only:

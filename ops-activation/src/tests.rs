@@ -252,7 +252,7 @@ fn overlapping_buffers_are_rejected() {
 #[test]
 fn spec_table_is_complete_and_indexed() {
     let specs = kernel_specs();
-    assert_eq!(specs.len(), GENERAL_SPECS + WIDE_SPECS + GENERAL_SPECS + 18);
+    assert_eq!(specs.len(), GENERAL_SPECS + WIDE_SPECS + GENERAL_SPECS + 27);
     let mut names = std::collections::HashSet::new();
     for dt in DTYPES {
         for act in Activation::ALL {
@@ -306,15 +306,16 @@ fn spec_table_is_complete_and_indexed() {
     }
     for dt in DTYPES {
         for act in Activation::ALL {
-            for early in [false, true] {
-                let s = &specs[filtered_index(dt, act, early)];
+            for release in 0..3 {
+                let s = &specs[filtered_index(dt, act, release)];
                 assert!(names.insert(s.name().to_string()));
                 assert_eq!((s.is_pdl(), s.math_policy()), (true, MathPolicy::ArchDefault));
-                assert_eq!(s.expr(), format!("act_and_mul_filtered_kernel<{}, {}, {early}>", dt.cpp(), act as usize));
+                assert_eq!(s.expr(), format!("act_and_mul_filtered_kernel<{}, {}, {release}>", dt.cpp(), act as usize));
             }
         }
     }
-    assert_eq!(specs[filtered_index(DtypeId::Bf16, Activation::Silu, true)].name(), "silu_and_mul__bf16__filtered_early__pdl");
+    assert_eq!(specs[filtered_index(DtypeId::Bf16, Activation::Silu, 1)].name(), "silu_and_mul__bf16__filtered_early__pdl");
+    assert_eq!(specs[filtered_index(DtypeId::F16, Activation::Gelu, 2)].name(), "gelu_and_mul__f16__filtered_kept__pdl");
     assert_eq!(names.len(), specs.len());
     assert_eq!(specs[tiled_index(DtypeId::Bf16, Activation::Silu, Rounding::Once, true)].name(), "silu_and_mul__bf16__tiled__pdl");
     assert_eq!(
@@ -338,28 +339,32 @@ fn wide_kernel_only_for_unfiltered_vector_launches() {
 }
 
 #[test]
-fn tiled_kernel_for_large_filtered_vector_launches() {
+fn tiled_kernel_only_when_forced_or_with_the_ids_before_the_wait() {
     let filtered = |rows, d| Plan { filter_flags: FLAG_EXPERT, ..plan(rows, d, 2 * d, d) };
+    let early = |rows, d| Plan { ids_early: true, ..filtered(rows, d) };
     let tile_of = |p: &Plan, vector: bool, elem: usize| {
         let (cfg, flags) = launch_config(p, vector, elem);
         filter_tile(flags, &cfg, p).unwrap_or(1)
     };
-    // bf16 d = 4096: 2 column blocks; 1024 rows = 2048 blocks → tile 2, 1023 rows → general.
-    assert_eq!(tile_of(&filtered(1024, 4096), true, 2), TILE);
-    assert_eq!(tile_of(&filtered(1023, 4096), true, 2), 1);
-    assert_eq!(tile_of(&filtered(512, 14336), true, 2), TILE);
-    assert_eq!(tile_of(&filtered(16384, 14336), true, 2), TILE);
+    // Ids after the wait: the general kernel at every size.
+    for (rows, d) in [(1023, 4096), (1024, 4096), (512, 14336), (16384, 14336)] {
+        assert_eq!(tile_of(&filtered(rows, d), true, 2), 1, "{rows}x{d}");
+    }
+    // Ids before the wait, bf16 d = 4096: 2 column blocks; 1024 rows = 2048 blocks → tile 2.
+    assert_eq!(tile_of(&early(1024, 4096), true, 2), TILE);
+    assert_eq!(tile_of(&early(512, 14336), true, 2), TILE);
+    assert_eq!(tile_of(&early(16384, 14336), true, 2), TILE);
     // Unfiltered, scalar path, half vectors or thread rows narrower than a warp: never.
     assert_eq!(tile_of(&plan(16384, 4096, 8192, 4096), true, 2), 1);
-    assert_eq!(tile_of(&filtered(16384, 4096), false, 2), 1);
+    assert_eq!(tile_of(&early(16384, 4096), false, 2), 1);
     assert_eq!(tile_of(&Plan { filter_tile: Some(4), ..filtered(1, 4096) }, true, 2), 1); // 16 KiB: half vectors
     assert_eq!(tile_of(&Plan { filter_tile: Some(4), ..filtered(100000, 128) }, true, 2), 1); // 16 vectors per row
     // 32 vectors per row (bf16 d = 256) is a whole warp; a forced tile wins over the size rule.
     assert_eq!(tile_of(&Plan { filter_tile: Some(3), ..filtered(64, 256) }, true, 2), 3);
-    assert_eq!(tile_of(&Plan { filter_tile: Some(1), ..filtered(16384, 4096) }, true, 2), 1);
+    assert_eq!(tile_of(&Plan { filter_tile: Some(1), ..early(16384, 4096) }, true, 2), 1);
     assert_eq!(tile_of(&Plan { filter_tile: Some(32), ..filtered(7, 4096) }, true, 4), 32);
     // Sorted filters too.
-    assert_eq!(tile_of(&Plan { filter_flags: FLAG_SORTED, ..filtered(4096, 4096) }, true, 2), TILE);
+    assert_eq!(tile_of(&Plan { filter_flags: FLAG_SORTED, ..early(4096, 4096) }, true, 2), TILE);
 
     // The grid covers every row: ceil(rows / (ty · tile)) row blocks, split over y and z.
     let (cfg, _) = launch_config(&filtered(4099, 4096), true, 2);
@@ -394,9 +399,8 @@ fn ids_before_wait_takes_the_tiled_kernel_with_tile_1() {
     // 8192 × 2·4096 bf16 (128 MiB): the size rule's tile; the first wave's kept rows prefetched.
     assert_eq!(tiled(&early(8192, 4096)), Some((TILE, early_flags)));
     assert!(first_wave_prefetch(&early(8192, 4096), early_flags));
-    // Without the permission: the general kernel below the size rule, no early flags above it.
-    let late = Plan { ids_early: false, ..early(8192, 4096) };
-    assert_eq!(tiled(&late), Some((TILE, FLAG_EXPERT | FLAG_VECTOR | FLAG_EARLY_TRIGGER)));
+    // Without the permission: the general kernel at every size.
+    assert_eq!(tiled(&Plan { ids_early: false, ..early(8192, 4096) }), None);
     assert_eq!(tiled(&Plan { ids_early: false, ..early(128, 4096) }), None);
     // Half vectors (under 64 KiB): the general kernel, ids after the wait.
     assert_eq!(tiled(&early(1, 4096)), None);
@@ -418,8 +422,7 @@ fn id_hints_for_filtered_vector_launches_with_the_ids_after_the_wait() {
         };
         hinted_flags(p, flags)
     };
-    // General kernel (128 rows), tiled kernel (16384 rows), sorted filter, half vectors: hints,
-    // for the first wave.
+    // 128 and 16384 rows, sorted filter, half vectors: hints, for the first wave.
     for p in [filtered(128, 4096), filtered(16384, 4096), Plan { filter_flags: FLAG_SORTED, ..filtered(128, 4096) }, filtered(1, 4096)] {
         let f = flags_of(&p, true);
         assert!(f & FLAG_PREFETCH != 0 && f & FLAG_IDS_EARLY == 0 && first_wave_prefetch(&p, f), "{p:?}");
@@ -454,14 +457,42 @@ fn prefetch_budget_is_the_general_kernels_first_wave_in_rows() {
 #[test]
 fn filtered_kernel_takes_exactly_its_flags() {
     let base = FLAG_VECTOR | FLAG_EXPERT | FLAG_PREFETCH;
-    assert_eq!(filtered_fixed(base), Some(false));
-    assert_eq!(filtered_fixed(base | FLAG_EARLY_TRIGGER), Some(true));
+    assert_eq!(filtered_fixed(base), Some(0));
+    assert_eq!(filtered_fixed(base | FLAG_EARLY_TRIGGER), Some(1));
+    assert_eq!(filtered_fixed(base | FLAG_EARLY_TRIGGER | FLAG_RELEASE_KEPT), Some(2));
     // Anything else: the general kernel.
     for extra in [FLAG_SORTED, FLAG_HALF_VECTOR, FLAG_IDS_EARLY] {
         assert_eq!(filtered_fixed(base | extra), None, "{extra}");
         assert_eq!(filtered_fixed(base | FLAG_EARLY_TRIGGER | extra), None, "{extra}");
+        assert_eq!(filtered_fixed(base | FLAG_EARLY_TRIGGER | FLAG_RELEASE_KEPT | extra), None, "{extra}");
     }
+    assert_eq!(filtered_fixed(base | FLAG_RELEASE_KEPT), None, "kept release without the early trigger");
     assert_eq!(filtered_fixed(FLAG_VECTOR | FLAG_EXPERT | FLAG_EARLY_TRIGGER), None, "no hints");
     assert_eq!(filtered_fixed(FLAG_EXPERT | FLAG_PREFETCH), None, "element-wise");
     assert_eq!(filtered_fixed(FLAG_VECTOR | FLAG_PREFETCH | FLAG_EARLY_TRIGGER), None, "unfiltered");
+}
+
+#[test]
+fn large_filtered_launches_release_dependents_once_kept() {
+    let filtered = |rows, d| Plan { filter_flags: FLAG_EXPERT, ..plan(rows, d, 2 * d, d) };
+    let flags_of = |p: &Plan, vector: bool| {
+        let (cfg, flags) = launch_config(p, vector, 2);
+        release_kept_flags(p, flags, &cfg)
+    };
+    // bf16 d = 4096: 2 column blocks; 1024 rows = 2048 blocks → once kept, 1023 → right after the wait.
+    assert_ne!(flags_of(&filtered(1024, 4096), true) & FLAG_RELEASE_KEPT, 0);
+    assert_eq!(flags_of(&filtered(1023, 4096), true) & FLAG_RELEASE_KEPT, 0);
+    assert_ne!(flags_of(&filtered(16384, 14336), true) & FLAG_RELEASE_KEPT, 0);
+    // Sorted filters, the scalar path and ids before the wait too; never unfiltered launches or
+    // launches without the early release (none has 2048 blocks under 512 KiB anyway).
+    assert_ne!(flags_of(&Plan { filter_flags: FLAG_SORTED, ..filtered(4096, 4096) }, true) & FLAG_RELEASE_KEPT, 0);
+    assert_ne!(flags_of(&filtered(4096, 4096), false) & FLAG_RELEASE_KEPT, 0);
+    assert_ne!(flags_of(&Plan { ids_early: true, ..filtered(4096, 4096) }, true) & FLAG_RELEASE_KEPT, 0);
+    assert_eq!(flags_of(&plan(16384, 4096, 8192, 4096), true) & FLAG_RELEASE_KEPT, 0);
+    let cfg = LaunchConfig { grid: (4096, 1, 1), block: (256, 1, 1), smem: 0 };
+    assert_eq!(release_kept_flags(&filtered(4096, 4096), FLAG_EXPERT | FLAG_VECTOR, &cfg), FLAG_EXPERT | FLAG_VECTOR);
+    // The filtered kernel's third instantiation takes such a launch once the hints are added.
+    let p = filtered(16384, 4096);
+    assert_eq!(filtered_fixed(hinted_flags(&p, flags_of(&p, true))), Some(2));
+    assert_eq!(filtered_fixed(hinted_flags(&filtered(512, 4096), flags_of(&filtered(512, 4096), true))), Some(1));
 }

@@ -703,12 +703,13 @@ fn main() {
     t.extend(dtype_trials("filter::random_step16_scalar", |dt| {
         by_dtype!(dt, expert_filter, silu(256, 2048).strided(4096, 2048, 1, 0), 16, None, false)
     }));
+    // ≥ 2048 blocks (f16 / bf16 1024×4096: exactly 2048): dependents released once a row is kept.
     t.extend(dtype_trials("filter::random_large", |dt| by_dtype!(dt, expert_filter, silu(1024, 4096), 1, None, false)));
-    // The general kernel on a large filtered launch (f32 1024×4096 takes the tiled one by size).
     t.extend(dtype_trials("filter::general_forced", |dt| by_dtype!(dt, expert_filter, silu(1024, 4096), 1, Some(1), false)));
-    // The tiled kernel: by the size rule (≥ 2048 blocks), and forced with odd tiles, strides,
-    // steps, every activation and the rounding form.
-    t.extend(dtype_trials("filter::tiled_by_size", |dt| by_dtype!(dt, expert_filter, silu(4099, 2048), 1, None, false)));
+    t.extend(dtype_trials("filter::many_blocks", |dt| by_dtype!(dt, expert_filter, silu(4099, 2048), 1, None, false)));
+    // The tiled kernel forced with odd tiles, strides, steps, every activation and the rounding
+    // form (the size rule picks it with the ids before the wait only).
+    t.extend(dtype_trials("filter::tiled2_many_blocks", |dt| by_dtype!(dt, expert_filter, silu(4099, 2048), 1, Some(2), false)));
     t.extend(dtype_trials("filter::tiled3_step5_strided", |dt| {
         by_dtype!(dt, expert_filter, Case::new(Activation::GeluTanh, 203, 512).strided(1040, 520, 8, 8), 5, Some(3), false)
     }));
@@ -728,7 +729,9 @@ fn main() {
     // the producer may still write them (general kernel, then the tiled one).
     t.extend(dtype_trials("filter::pdl_chain", |dt| by_dtype!(dt, pdl_chain, 512, 1024, 3, true, false, None)));
     t.extend(dtype_trials("filter::pdl_chain_tiled", |dt| by_dtype!(dt, pdl_chain, 4096, 2048, 2, true, false, Some(2))));
-    // Ids written by the predecessor (general kernel; tiled kernel, tile 2, by size).
+    // A consumer of 4096 blocks: skipped blocks exit without releasing the dependents.
+    t.extend(dtype_trials("filter::pdl_chain_many_blocks", |dt| by_dtype!(dt, pdl_chain, 4096, 2048, 2, true, false, None)));
+    // Ids written by the predecessor (a few blocks; ≥ 2048 blocks, released once kept).
     t.extend(dtype_trials("filter::ids_from_predecessor", |dt| by_dtype!(dt, ids_from_predecessor, 300, 1024, 1)));
     t.extend(dtype_trials("filter::ids_from_predecessor_large", |dt| by_dtype!(dt, ids_from_predecessor, 4099, 4096, 2)));
     t.push(trial("t2::activation::filter::skipped_grid_keeps_the_chain", Need::Gpu, skipped_grid_keeps_the_chain));
@@ -743,7 +746,7 @@ fn main() {
     t.push(trial("t2::activation::errors", Need::Gpu, errors));
     // Small and cheap: the GPU CI runs exactly these under compute-sanitizer memcheck/racecheck.
     type Check = fn() -> anyhow::Result<()>;
-    let sanitize: [(&str, Check); 12] = [
+    let sanitize: [(&str, Check); 13] = [
         ("vector_bf16", || run_case::<bf16>(Case::new(Activation::Silu, 17, 4096))),
         ("scalar_f16", || run_case::<f16>(Case::new(Activation::Gelu, 9, 3))),
         ("strided_f32", || run_case::<f32>(Case::new(Activation::GeluTanh, 9, 100).strided(203, 107, 3, 5))),
@@ -758,6 +761,8 @@ fn main() {
         ("pdl_chain", || pdl_chain::<bf16>(16, 256, 1, false, false, None)),
         // Filtered, ids after the wait: the general kernel's hinted prefetch of the producer's rows.
         ("pdl_chain_filtered", || pdl_chain::<bf16>(64, 256, 1, true, false, None)),
+        // A consumer of 2048 blocks (eight one-warp thread rows each): released once kept.
+        ("pdl_chain_filtered_many_blocks", || pdl_chain::<bf16>(16384, 256, 1, true, false, None)),
         ("errors", errors),
     ];
     t.extend(sanitize.map(|(name, f)| trial(format!("t2::activation::sanitize::{name}"), Need::Gpu, f)));
