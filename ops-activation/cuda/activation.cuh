@@ -191,10 +191,10 @@ KILN_DEVICE int load_id(const int* ptr) {
 // kIdsEarly; kHint: see row_hinted). All reads are issued before any is used; every index is in
 // bounds (host-checked).
 template <bool kHint = false, int kFixed = kRuntimeFlags>
-KILN_DEVICE bool row_skipped(const Params& p, long long row) {
+KILN_DEVICE bool row_skipped(const Params& p, long long row, unsigned id_index) {
   const int flags = flags_of<kFixed>(p);
   int expert = 0, token = 0, post_padded = 0;
-  if (flags & kFilterExpert) expert = load_id<kHint>(p.expert_ids + static_cast<unsigned>(row) / p.expert_step);
+  if (flags & kFilterExpert) expert = load_id<kHint>(p.expert_ids + id_index);
   if (flags & kFilterSorted) {
     token = load_id<kHint>(p.sorted_token_ids + row);
     post_padded = load_id<kHint>(p.num_tokens_post_padded);
@@ -203,6 +203,14 @@ KILN_DEVICE bool row_skipped(const Params& p, long long row) {
   if (flags & kFilterExpert) skip = expert == -1;
   if (flags & kFilterSorted) skip = skip || row >= post_padded || token >= p.num_valid_tokens;
   return skip;
+}
+// The expert filter's id index of `row` (row / expert_step).
+KILN_DEVICE unsigned id_index(const Params& p, long long row) {
+  return static_cast<unsigned>(row) / p.expert_step;
+}
+template <bool kHint = false, int kFixed = kRuntimeFlags>
+KILN_DEVICE bool row_skipped(const Params& p, long long row) {
+  return row_skipped<kHint, kFixed>(p, row, id_index(p, row));
 }
 
 // A hint, before the PDL wait, whether the filter keeps `row`: row_skipped's test on ids that the
@@ -216,8 +224,12 @@ KILN_DEVICE bool row_skipped(const Params& p, long long row) {
 // 512×8192 5.81 → 5.02, 2048×8192 18.61 → 18.25; skip 50 % 512×8192 3.96 → 3.13; skip 90 %
 // 512×8192 1.93 → 2.12 (a skipped row's second id load); details in plan.rs.
 template <int kFixed = kRuntimeFlags>
+KILN_DEVICE bool row_hinted(const Params& p, long long row, unsigned id_index) {
+  return !row_skipped<true, kFixed>(p, row, id_index);
+}
+template <int kFixed = kRuntimeFlags>
 KILN_DEVICE bool row_hinted(const Params& p, long long row) {
-  return !row_skipped<true, kFixed>(p, row);
+  return row_hinted<kFixed>(p, row, id_index(p, row));
 }
 
 // Warms L2 with this block's share of `row` (gate and up) before the PDL wait, while the
@@ -321,10 +333,12 @@ template <typename T, int kAct, bool kRound, bool kPdl, bool kWide, int kFixed =
 KILN_DEVICE void act_body(const kiln_act::Params& p) {
   const int flags = kiln_act::flags_of<kFixed>(p);
   const long long row = (static_cast<long long>(blockIdx.z) * gridDim.y + blockIdx.y) * blockDim.y + threadIdx.y;
+  // The expert id's index, before the wait: the division then overlaps it.
+  const unsigned id_index = !kWide && (flags & kiln_act::kFilterExpert) ? kiln_act::id_index(p, row) : 0u;
   if constexpr (kPdl) {
     if ((flags & kiln_act::kPrefetch) && row < p.rows && threadIdx.x == 0 &&
         (kWide || !(flags & (kiln_act::kFilterExpert | kiln_act::kFilterSorted)) ||
-         (kiln_act::block_linear() < p.hint_blocks && kiln_act::row_hinted<kFixed>(p, row)))) {
+         (kiln_act::block_linear() < p.hint_blocks && kiln_act::row_hinted<kFixed>(p, row, id_index)))) {
       if (flags & kiln_act::kHalfVector) {
         kiln_act::prefetch_l2<T, kiln::kVec16<T> / 2>(p, row);
       } else {
@@ -342,7 +356,7 @@ KILN_DEVICE void act_body(const kiln_act::Params& p) {
   const bool release_kept = filtered && (flags & kiln_act::kReleaseKept);
   if ((flags & kiln_act::kEarlyTrigger) && !release_kept) kiln::pdl_launch_dependents<kPdl>();
   if (row >= p.rows) return;
-  if (filtered && kiln_act::row_skipped<false, kFixed>(p, row)) return;
+  if (filtered && kiln_act::row_skipped<false, kFixed>(p, row, id_index)) return;
   if ((flags & kiln_act::kEarlyTrigger) && release_kept) kiln::pdl_launch_dependents<kPdl>();
   // Half vectors are for inputs under 64 KiB only, so never with kEarlyTrigger.
   if (flags & kiln_act::kHalfVector) {
