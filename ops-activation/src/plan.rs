@@ -254,7 +254,9 @@ fn blocks(cfg: &LaunchConfig) -> u64 {
 /// skip 0 within ±0.3 % from 8192 rows. On launches of a wave or so the later release delays the
 /// dependents' start instead: S13-5 (every size) 32×8192 skip 50 % 1.18 → 1.41 µs, skip 90 %
 /// 1.16 → 1.36, 512×8192 skip 90 % 1.83 → 1.87; 2048×8192 skip 0 (4096 blocks) 16.88 → 17.48
-/// is the price above the threshold (SGLang: 18.03).
+/// is the price above the threshold (SGLang: 18.03). Releasing them once the loads are issued
+/// instead (as small launches do) was slower at skip 0 / 50 % (S13-11: 2048×8192 17.45 → 17.84 /
+/// 9.21 → 9.70 µs, 512×28672 15.30 → 15.80 / 8.18 → 8.68).
 pub(crate) fn release_kept_flags(plan: &Plan, flags: i32, cfg: &LaunchConfig) -> i32 {
     let early = flags & FLAG_EARLY_TRIGGER != 0;
     if plan.filter_flags != 0 && early && blocks(cfg) >= MANY_BLOCKS { flags | FLAG_RELEASE_KEPT } else { flags }
