@@ -38,10 +38,11 @@
 //   Filtered launches of many blocks (flag kReleaseKept, with kEarlyTrigger) release dependents
 //   only once the filter keeps the block's row (after the id load), and skipped blocks or warps
 //   exit without the trigger (an exit counts as one): a trigger right before the exit kept a
-//   skipped block's slot much longer. Measured on the H100 (S13-3…S13-5, silu bf16, general kernel,
-//   µs, skip 0 / 50 / 90 %): 16384×8192 130.3 / 70.8 / 40.2 → 130.3 / 70.7 / 25.3, 16384×28672
-//   456.5 / 245.7 / 140.1 → 457.1 / 246.3 / 101.2. On grids of a wave or so the later release
-//   delays the dependents' start instead (32×8192 skip 50 % 1.18 → 1.41 µs), hence many blocks only.
+//   skipped block's slot much longer. Measured on the H100 (S13-3…S13-5, silu bf16, general
+//   kernel, µs, skip 0 / 50 / 90 %): 16384×8192 130.3 / 70.8 / 40.2 → 130.3 / 70.7 / 25.3,
+//   16384×28672 456.5 / 245.7 / 140.1 → 457.1 / 246.3 / 101.2. On grids of a wave or so the
+//   later release delays the dependents' start instead (32×8192 skip 50 % 1.18 → 1.41 µs), hence
+//   many blocks only (plan.rs, release_kept_flags).
 // Kernels (the host's choice; the same results): act_and_mul_kernel (every launch),
 //   act_and_mul_wide_kernel for unfiltered vector-path silu / gelu_tanh launches in the default
 //   rounding on 16-bit types (no filter code, the arithmetic of a unit in two phases),
@@ -395,10 +396,11 @@ __global__ void __launch_bounds__(kiln_act::kThreads) act_and_mul_wide_kernel(co
 // general kernel's body with the launch's flags as a compile-time constant — vector path, expert
 // filter, id hints and L2 prefetch of the first wave, and the PDL release (kRelease: 0 once the
 // loads are issued, 1 right after the wait, 2 once the filter keeps the row, see kReleaseKept) —
-// so that no flag branch sits between the wait and the loads. Measured on the H100 (S12-17, silu bf16, µs, general kernel → flags fixed at compile
-// time, skip 0 / 50 / 90 %): 32×8192 1.46 / 1.24 / 1.21 → 1.38 / 1.18 / 1.16, 128×8192 2.04 /
-// 1.73 / 1.35 → 1.96 / 1.61 / 1.31, 32×28672 1.94 / 1.67 / 1.28 → 1.87 / 1.56 / 1.19, 128×28672
-// 4.53 / 2.90 / 1.93 → 4.60 / 2.86 / 1.76, 512×8192 4.99 / 3.11 / 2.10 → 5.00 / 3.06 / 1.86.
+// so that no flag branch sits between the wait and the loads. Measured on the H100 (S12-17, silu
+// bf16, µs, general kernel → flags fixed at compile time, skip 0 / 50 / 90 %): 32×8192 1.46 /
+// 1.24 / 1.21 → 1.38 / 1.18 / 1.16, 128×8192 2.04 / 1.73 / 1.35 → 1.96 / 1.61 / 1.31, 32×28672
+// 1.94 / 1.67 / 1.28 → 1.87 / 1.56 / 1.19, 128×28672 4.53 / 2.90 / 1.93 → 4.60 / 2.86 / 1.76,
+// 512×8192 4.99 / 3.11 / 2.10 → 5.00 / 3.06 / 1.86.
 template <typename T, int kAct, int kRelease>
 __global__ void __launch_bounds__(kiln_act::kThreads) act_and_mul_filtered_kernel(const kiln_act::Params p) {
   static_assert(kRelease >= 0 && kRelease <= 2, "release: 0 after the loads, 1 after the wait, 2 once kept");
