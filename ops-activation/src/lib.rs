@@ -452,8 +452,12 @@ pub fn tiled_spec_for<T: Float>(rt: &Runtime, act: Activation, rounding: Roundin
 /// The filtered kernels (dependents released after the loads, right after the wait, once the row
 /// is kept) that default-rounding, expert-filtered, 16-byte-aligned calls with these settings
 /// launch on `rt` instead of the general kernel, if there are: with PDL enabled only.
-pub fn filtered_specs_for<T: Float>(rt: &Runtime, act: Activation, rounding: Rounding) -> Option<[&'static KernelSpec; 3]> {
-    (rounding == Rounding::Once && rt.pdl_enabled()).then(|| [0, 1, 2].map(|release| &SPECS[filtered_index(T::ID, act, release)]))
+pub fn filtered_specs_for<T: Float>(
+    rt: &Runtime,
+    act: Activation,
+    rounding: Rounding,
+) -> Option<[&'static KernelSpec; FILTERED_RELEASES.len()]> {
+    (rounding == Rounding::Once && rt.pdl_enabled()).then(|| std::array::from_fn(|release| &SPECS[filtered_index(T::ID, act, release)]))
 }
 
 /// The kernels one call may launch (the choice depends on pointers and sizes).
@@ -461,7 +465,7 @@ pub(crate) struct Kernels {
     pub(crate) general: &'static KernelSpec,
     pub(crate) wide: Option<&'static KernelSpec>,
     pub(crate) tiled: &'static KernelSpec,
-    pub(crate) filtered: Option<[&'static KernelSpec; 3]>,
+    pub(crate) filtered: Option<[&'static KernelSpec; FILTERED_RELEASES.len()]>,
 }
 
 fn kernels_for<T: Float>(rt: &Runtime, act: Activation, rounding: Rounding) -> Kernels {
